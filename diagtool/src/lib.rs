@@ -1,0 +1,8 @@
+//! Leak diagnostics and profiling for tokio services.
+//!
+//! `diagtool` is both a library a service embeds to become diagnosable (the `probe` feature) and the
+//! operator's CLI that reads what the probe serves. The documents exchanged between the two are defined
+//! once, in [`model`]; nothing else defines them.
+#![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
+
+pub mod model;

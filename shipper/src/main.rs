@@ -1,0 +1,3 @@
+//! `shipper`: see `shipper --help`.
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! The Grafana Loki sink: push API, JSON+gzip or protobuf+snappy, retries, adaptive concurrency.
