@@ -6,3 +6,5 @@
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
 pub mod model;
+#[cfg(any(feature = "probe", feature = "cli"))]
+pub mod pprof;
