@@ -8,3 +8,5 @@
 #[cfg(feature = "loki")]
 pub mod loki;
 pub mod model;
+#[cfg(any(feature = "probe", feature = "cli"))]
+pub mod pprof;
