@@ -5,4 +5,5 @@
 //! once, in [`model`]; nothing else defines them.
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
+pub mod analysis;
 pub mod model;
