@@ -5,6 +5,7 @@
 //! once, in [`model`]; nothing else defines them.
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
+pub mod analysis;
 #[cfg(feature = "loki")]
 pub mod loki;
 pub mod model;

@@ -4,12 +4,18 @@
 //! they know and refuse any other with [`SchemaError`], so a newer target never gets misread.
 //! These are plain serde types: no tokio, no rendering.
 
+mod diff;
 mod dump;
 mod snapshot;
+mod watch;
 
+pub use diff::{DIFF_SCHEMA, DiffTotal, SiteDiff, SnapshotDiff};
 pub use dump::{DUMP_SCHEMA, Dump, DumpGroup, DumpTask};
 pub use snapshot::{
     ProcessStats, RuntimeStats, SNAPSHOT_SCHEMA, SiteStats, Snapshot, TaskDetail, TaskTotals,
+};
+pub use watch::{
+    Overall, Restart, Step, Verdict, WATCH_SCHEMA, WatchReport, WatchSite, WatchTotal,
 };
 
 /// A document whose `schema` is missing or not the one this build reads.
