@@ -2,4 +2,5 @@
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
 pub mod event;
+pub mod leaklab;
 pub mod sink;

@@ -1,0 +1,386 @@
+//! The leak lab: deliberate task leaks, so every leak detector is tested against a real leak.
+//!
+//! Each scenario reproduces one classic leak of the original incident, from its own spawn site in
+//! this file, and parks its tasks on a real tokio primitive that never completes, so a task dump shows
+//! the function and the await point where they wait. Nothing here runs unless `--leak-lab` names it.
+//!
+//! The leaked tasks are spawned with a bare `tokio::spawn` on purpose: they have no owner, no
+//! cancellation and no join. That is the bug being reproduced. The drivers that trigger the leaks
+//! (the poll ticker, the health-check loop) are ordinary owned tasks run by the supervisor.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// One of the leaks the lab can reproduce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// Every file added to a source spawns tasks that never finish.
+    FileAddSpawn,
+    /// Every sink health check spawns tasks that block on a ping that never returns, never joined.
+    UnjoinedHealthCheck,
+    /// COUNT tasks every PERIOD that park forever (the classic `+16/30s`).
+    PollSpawn,
+}
+
+impl Scenario {
+    const ALL: [Scenario; 3] = [
+        Self::FileAddSpawn,
+        Self::UnjoinedHealthCheck,
+        Self::PollSpawn,
+    ];
+
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::FileAddSpawn => "file-add-spawn",
+            Self::UnjoinedHealthCheck => "unjoined-health-check",
+            Self::PollSpawn => "poll-spawn",
+        }
+    }
+
+    /// Tasks leaked per event and, for timed scenarios, the event period, when none is given.
+    fn default_rate(self) -> (u32, Duration) {
+        match self {
+            Self::FileAddSpawn => (1, Duration::ZERO),
+            Self::UnjoinedHealthCheck => (2, Duration::from_secs(10)),
+            Self::PollSpawn => (16, Duration::from_secs(30)),
+        }
+    }
+}
+
+/// A scenario with its rate: `poll-spawn`, `poll-spawn:16/30s`, `file-add-spawn:3`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeakSpec {
+    /// Which leak.
+    pub scenario: Scenario,
+    /// Tasks leaked per event (per tick, per health check, per file added).
+    pub count: u32,
+    /// Time between events for the timed scenarios; zero for `file-add-spawn`.
+    pub period: Duration,
+}
+
+/// A `--leak-lab` value that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "invalid --leak-lab value {value:?}: {reason}; expected SCENARIO[:COUNT/PERIOD] with SCENARIO one of \
+     file-add-spawn, unjoined-health-check, poll-spawn (e.g. poll-spawn:16/30s)"
+)]
+pub struct LeakSpecError {
+    value: String,
+    reason: String,
+}
+
+impl FromStr for LeakSpec {
+    type Err = LeakSpecError;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let err = |reason: String| LeakSpecError {
+            value: value.to_owned(),
+            reason,
+        };
+        let (name, rate) = match value.split_once(':') {
+            Some((name, rate)) => (name, Some(rate)),
+            None => (value, None),
+        };
+        let scenario = Scenario::ALL
+            .into_iter()
+            .find(|s| s.name() == name)
+            .ok_or_else(|| err(format!("unknown scenario {name:?}")))?;
+        let (default_count, default_period) = scenario.default_rate();
+        let (count, period) = match rate {
+            None => (default_count, default_period),
+            Some(rate) => {
+                let (count, period) = match rate.split_once('/') {
+                    Some((count, period)) => (count, Some(period)),
+                    None => (rate, None),
+                };
+                let count: u32 = count
+                    .parse()
+                    .map_err(|_| err(format!("COUNT {count:?} is not a whole number")))?;
+                let period = match period {
+                    None => default_period,
+                    Some(p) => parse_period(p).ok_or_else(|| {
+                        err(format!(
+                            "PERIOD {p:?} is not a duration such as 500ms, 30s or 2m"
+                        ))
+                    })?,
+                };
+                (count, period)
+            }
+        };
+        if count == 0 {
+            return Err(err("COUNT must be at least 1".to_owned()));
+        }
+        if scenario != Scenario::FileAddSpawn && period.is_zero() {
+            return Err(err("PERIOD must be longer than zero".to_owned()));
+        }
+        Ok(Self {
+            scenario,
+            count,
+            period,
+        })
+    }
+}
+
+impl fmt::Display for LeakSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.scenario {
+            Scenario::FileAddSpawn => write!(f, "{}:{}", self.scenario.name(), self.count),
+            _ => write!(
+                f,
+                "{}:{}/{}ms",
+                self.scenario.name(),
+                self.count,
+                self.period.as_millis()
+            ),
+        }
+    }
+}
+
+/// `500ms`, `30s`, `2m`, `1h`: the lab's own tiny parser, so its flag needs nothing from config.
+fn parse_period(text: &str) -> Option<Duration> {
+    let digits = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number.parse().ok()?;
+    let millis = match unit {
+        "ms" => number,
+        "s" => number.checked_mul(1_000)?,
+        "m" => number.checked_mul(60_000)?,
+        "h" => number.checked_mul(3_600_000)?,
+        _ => return None,
+    };
+    Some(Duration::from_millis(millis))
+}
+
+/// The lab: which scenarios are on, and the hooks the shipper calls.
+///
+/// Cheap to clone. With no scenario enabled every hook is a no-op.
+#[derive(Debug, Clone, Default)]
+pub struct LeakLab {
+    specs: Arc<Vec<LeakSpec>>,
+    /// Keeps every never-answered "ping" sender alive, so the leaked health-check tasks wait forever
+    /// instead of seeing a closed channel.
+    unanswered: Arc<Mutex<Vec<oneshot::Sender<()>>>>,
+}
+
+impl LeakLab {
+    /// A lab running the given scenarios (none: a lab that does nothing).
+    pub fn new(specs: Vec<LeakSpec>) -> Self {
+        Self {
+            specs: Arc::new(specs),
+            unanswered: Arc::default(),
+        }
+    }
+
+    /// Whether any scenario is enabled.
+    pub fn is_enabled(&self) -> bool {
+        !self.specs.is_empty()
+    }
+
+    /// The enabled scenarios.
+    pub fn specs(&self) -> &[LeakSpec] {
+        &self.specs
+    }
+
+    fn spec(&self, scenario: Scenario) -> Option<LeakSpec> {
+        self.specs.iter().copied().find(|s| s.scenario == scenario)
+    }
+
+    /// Hook: a source added a file. With `file-add-spawn` on, leaks its COUNT tasks.
+    pub fn file_added(&self) {
+        let Some(spec) = self.spec(Scenario::FileAddSpawn) else {
+            return;
+        };
+        for _ in 0..spec.count {
+            // Each task waits for a line on a channel whose sender is dropped into the task itself:
+            // the channel stays open (the sender lives) and nothing is ever sent.
+            let (tx, rx) = mpsc::channel::<String>(1);
+            tokio::spawn(follow_added_file(tx, rx));
+        }
+    }
+
+    /// Hook: a sink health check ran. With `unjoined-health-check` on, leaks its COUNT tasks, each
+    /// waiting for a ping reply that never comes; nobody joins them.
+    pub fn sink_health_checked(&self) {
+        let Some(spec) = self.spec(Scenario::UnjoinedHealthCheck) else {
+            return;
+        };
+        let mut unanswered = self.unanswered.lock().unwrap_or_else(|p| p.into_inner());
+        for _ in 0..spec.count {
+            let (reply_tx, reply_rx) = oneshot::channel();
+            unanswered.push(reply_tx);
+            tokio::spawn(await_ping_reply(reply_rx));
+        }
+    }
+
+    /// One `poll-spawn` tick: leaks COUNT tasks parked on a `Notify` that is never notified.
+    fn poll_tick(&self, count: u32) {
+        for _ in 0..count {
+            let never = Arc::new(Notify::new());
+            tokio::spawn(park_after_poll(never));
+        }
+    }
+
+    /// Drives the timed scenarios until `stop` fires: the `poll-spawn` ticker and the
+    /// `unjoined-health-check` loop. Returns at once when neither is enabled. The driver itself is
+    /// an ordinary task: run it under the supervisor.
+    pub async fn run(self, stop: CancellationToken) {
+        let poll = self.spec(Scenario::PollSpawn);
+        let health = self.spec(Scenario::UnjoinedHealthCheck);
+        if poll.is_none() && health.is_none() {
+            return;
+        }
+        let mut poll_timer = poll.map(|s| interval_after(s.period));
+        let mut health_timer = health.map(|s| interval_after(s.period));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick(&mut poll_timer) => {
+                    if let Some(spec) = poll { self.poll_tick(spec.count) }
+                }
+                _ = tick(&mut health_timer) => self.sink_health_checked(),
+            }
+        }
+    }
+}
+
+/// A ticker whose first tick comes one period from now, not at once (a leak grows from zero).
+fn interval_after(period: Duration) -> tokio::time::Interval {
+    let mut timer = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    timer
+}
+
+async fn tick(timer: &mut Option<tokio::time::Interval>) {
+    match timer {
+        Some(timer) => {
+            timer.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// The `file-add-spawn` leak: a follower per added file waiting for lines nobody sends.
+#[inline(never)]
+async fn follow_added_file(keep_open: mpsc::Sender<String>, mut lines: mpsc::Receiver<String>) {
+    while let Some(line) = lines.recv().await {
+        drop(line);
+    }
+    drop(keep_open);
+}
+
+/// The `unjoined-health-check` leak: a ping whose reply never arrives.
+#[inline(never)]
+async fn await_ping_reply(reply: oneshot::Receiver<()>) {
+    let _ = reply.await;
+}
+
+/// The `poll-spawn` leak: a task parked on a notification that is never sent.
+#[inline(never)]
+async fn park_after_poll(never: Arc<Notify>) {
+    never.notified().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alive() -> usize {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    }
+
+    /// Lets freshly spawned or woken tasks run on the test's current-thread runtime.
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[test]
+    fn specs_parse_with_defaults_and_rates() {
+        let spec: LeakSpec = "poll-spawn".parse().expect("parses");
+        assert_eq!((spec.count, spec.period), (16, Duration::from_secs(30)));
+        let spec: LeakSpec = "poll-spawn:4/1s".parse().expect("parses");
+        assert_eq!((spec.count, spec.period), (4, Duration::from_secs(1)));
+        let spec: LeakSpec = "unjoined-health-check:3/500ms".parse().expect("parses");
+        assert_eq!((spec.count, spec.period), (3, Duration::from_millis(500)));
+        let spec: LeakSpec = "file-add-spawn:5".parse().expect("parses");
+        assert_eq!(spec.count, 5);
+        assert_eq!(spec.to_string(), "file-add-spawn:5");
+    }
+
+    #[test]
+    fn bad_specs_name_the_value_and_the_problem() {
+        for (bad, needle) in [
+            ("poll-spam", "unknown scenario"),
+            ("poll-spawn:x/1s", "COUNT"),
+            ("poll-spawn:0/1s", "at least 1"),
+            ("poll-spawn:2/1y", "PERIOD"),
+            ("poll-spawn:2/0s", "longer than zero"),
+        ] {
+            let err = bad.parse::<LeakSpec>().expect_err(bad).to_string();
+            assert!(err.contains(needle) && err.contains(bad), "{bad}: {err}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn poll_spawn_leaks_count_every_period_and_its_driver_stops() {
+        let lab = LeakLab::new(vec!["poll-spawn:4/1s".parse().expect("parses")]);
+        let stop = CancellationToken::new();
+        let driver = tokio::spawn(lab.run(stop.clone()));
+        settle().await;
+        let base = alive();
+        for tick in 1..=3 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            settle().await;
+            assert_eq!(alive(), base + 4 * tick, "after tick {tick}");
+        }
+        stop.cancel();
+        driver.await.expect("driver joins");
+        // The leaked tasks outlive their driver: that is the leak.
+        assert_eq!(alive(), base - 1 + 12);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn health_check_leak_keeps_tasks_waiting_on_their_ping() {
+        let lab = LeakLab::new(vec!["unjoined-health-check:2/10s".parse().expect("parses")]);
+        let base = alive();
+        lab.sink_health_checked();
+        lab.sink_health_checked();
+        settle().await;
+        assert_eq!(alive(), base + 4);
+        // Still parked much later: the reply senders are kept alive, never answered.
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        settle().await;
+        assert_eq!(alive(), base + 4);
+    }
+
+    #[tokio::test]
+    async fn file_add_leaks_only_when_enabled() {
+        let off = LeakLab::new(vec!["poll-spawn".parse().expect("parses")]);
+        let base = alive();
+        off.file_added();
+        off.sink_health_checked();
+        settle().await;
+        assert_eq!(alive(), base, "disabled scenarios leak nothing");
+        let on = LeakLab::new(vec!["file-add-spawn:3".parse().expect("parses")]);
+        on.file_added();
+        settle().await;
+        assert_eq!(alive(), base + 3);
+    }
+
+    #[tokio::test]
+    async fn a_lab_with_nothing_timed_returns_at_once() {
+        let lab = LeakLab::new(vec!["file-add-spawn".parse().expect("parses")]);
+        tokio::time::timeout(Duration::from_secs(5), lab.run(CancellationToken::new()))
+            .await
+            .expect("run returns at once when no timed scenario is on");
+    }
+}
