@@ -8,3 +8,5 @@
 pub mod model;
 #[cfg(any(feature = "probe", feature = "cli"))]
 pub mod pprof;
+#[cfg(feature = "probe")]
+pub mod probe;
