@@ -389,8 +389,10 @@ impl Inner {
         let _ = SITE_CACHE.try_with(|cache| {
             if let Ok(cache) = cache.try_borrow() {
                 if cache.0 == self.key {
-                    if let (Some(site), Some(f)) = (cache.1.get(&address), f.take()) {
-                        f(site);
+                    if let Some(site) = cache.1.get(&address) {
+                        if let Some(f) = f.take() {
+                            f(site);
+                        }
                     }
                 }
             }
