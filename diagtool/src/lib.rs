@@ -6,4 +6,6 @@
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
 pub mod analysis;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod model;
