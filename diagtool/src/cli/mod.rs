@@ -31,7 +31,7 @@ pub const DEFAULT_TARGET: &str = "http://127.0.0.1:6060";
 #[command(name = "diagtool", version, max_term_width = 100)]
 pub struct Cli {
     /// Base URL of the target's debug port (http only).
-    #[arg(long, global = true, env = "DIAGTOOL_TARGET", default_value = DEFAULT_TARGET)]
+    #[arg(long, global = true, env = "DIAGTOOL_TARGET", hide_env_values = true, default_value = DEFAULT_TARGET)]
     pub target: String,
     /// Bearer token for a target whose debug port requires one.
     #[arg(long, global = true, env = "DIAGTOOL_TOKEN", hide_env_values = true)]
