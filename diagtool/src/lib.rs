@@ -9,3 +9,7 @@ pub mod analysis;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod model;
+#[cfg(any(feature = "probe", feature = "cli"))]
+pub mod pprof;
+#[cfg(feature = "probe")]
+pub mod probe;
