@@ -465,6 +465,43 @@ fn dump_folded_and_flamegraph_show_where_tasks_park() {
     assert!(stderr(&out).contains("line 1"), "{}", stderr(&out));
 }
 
+#[test]
+fn profile_saves_the_pprof_and_draws_its_flamegraph() {
+    let target = FakeTarget::start(Script::Clean);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pb = dir.path().join("cpu.pb.gz");
+    let svg = dir.path().join("cpu.svg");
+    let out = diagtool(
+        &[
+            "--target",
+            &target.url,
+            "profile",
+            "--seconds",
+            "1",
+            "-o",
+            pb.to_str().expect("utf-8"),
+            "--flamegraph",
+            svg.to_str().expect("utf-8"),
+        ],
+        LIMIT,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let profile =
+        diagtool::pprof::decode(&std::fs::read(&pb).expect("profile saved")).expect("pprof");
+    assert_eq!(profile.sample.len(), 2);
+    let drawn = read(&svg);
+    assert!(
+        drawn.contains("encode_batch") && drawn.contains("CPU profile"),
+        "flamegraph drawn"
+    );
+    xml_elements(&drawn).unwrap_or_else(|e| panic!("flamegraph SVG not well-formed: {e}"));
+    let out = diagtool(
+        &["--target", &target.url, "profile", "--seconds", "61"],
+        LIMIT,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
 /// Compares `actual` with `tests/snapshots/NAME`; `UPDATE_SNAPSHOTS=1` rewrites the file.
 fn assert_snapshot(name: &str, actual: &str) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))

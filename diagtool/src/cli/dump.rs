@@ -193,13 +193,22 @@ pub(super) fn draw(folded: &str, title: &str, count_name: &str) -> anyhow::Resul
     Ok(svg)
 }
 
-/// Draws a gzipped pprof CPU profile as an SVG flamegraph.
-pub(super) fn profile_flamegraph(_profile: &[u8], svg: &Path) -> anyhow::Result<()> {
-    Err(CliError::Input(format!(
-        "cannot draw {}: this build reads no pprof profiles yet",
-        svg.display()
-    ))
-    .into())
+/// Draws a gzipped pprof CPU profile as an SVG flamegraph, weighted by its first sample value
+/// (the sample count of a CPU profile).
+pub(super) fn profile_flamegraph(profile: &[u8], svg: &Path) -> anyhow::Result<()> {
+    let decoded = crate::pprof::decode(profile)
+        .map_err(|e| CliError::Input(format!("the target's profile cannot be read: {e}")))?;
+    let folded = crate::pprof::to_folded(&decoded);
+    if folded.trim().is_empty() {
+        return Err(CliError::Input(format!(
+            "cannot draw {}: the profile holds no samples (was the target idle?)",
+            svg.display()
+        ))
+        .into());
+    }
+    let unit = crate::pprof::sample_type_name(&decoded, 0).unwrap_or_else(|| "samples".to_owned());
+    let drawn = draw(&folded, "CPU profile", &unit)?;
+    write_output(Some(svg), &drawn)
 }
 
 #[cfg(test)]

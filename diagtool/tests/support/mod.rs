@@ -82,6 +82,7 @@ impl FakeTarget {
         let app = Router::new()
             .route("/debug/tasks", get(tasks))
             .route("/debug/tasks/dump", get(dump))
+            .route("/debug/pprof/profile", get(profile))
             .with_state(shared);
         let cancel = CancellationToken::new();
         let stop = cancel.clone();
@@ -209,6 +210,31 @@ async fn dump(State(shared): State<Arc<Shared>>) -> Response {
     .into_response()
 }
 
+/// The CPU profile: two stacks, 3 and 1 samples.
+async fn profile() -> Response {
+    use diagtool::pprof::{Frame, ProfileBuilder};
+    let mut builder = ProfileBuilder::new(&[("samples", "count"), ("cpu", "nanoseconds")]);
+    builder.add(
+        &[
+            Frame::named("shipper::main"),
+            Frame::named("shipper::pipeline::encode_batch"),
+        ],
+        &[3, 30_000_000],
+    );
+    builder.add(
+        &[
+            Frame::named("shipper::main"),
+            Frame::named("shipper::source::read_lines"),
+        ],
+        &[1, 10_000_000],
+    );
+    (
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        builder.encode_gzip(),
+    )
+        .into_response()
+}
+
 /// A dump with `leaked` tasks of the leak site parked on one trace, and one pool task.
 pub fn leak_dump(taken_at_ms: u64, leaked: u64) -> Dump {
     let trace: Vec<String> = LEAK_FRAMES.iter().map(|s| (*s).to_owned()).collect();
@@ -318,6 +344,9 @@ pub fn xml_elements(text: &str) -> Result<Vec<String>, String> {
             rest = &body[end + 2..];
         } else if let Some(body) = rest.strip_prefix("<!--") {
             let end = body.find("-->").ok_or("unclosed comment")?;
+            rest = &body[end + 3..];
+        } else if let Some(body) = rest.strip_prefix("<![CDATA[") {
+            let end = body.find("]]>").ok_or("unclosed CDATA")?;
             rest = &body[end + 3..];
         } else if let Some(body) = rest.strip_prefix("<!") {
             let end = body.find('>').ok_or("unclosed <!")?;
