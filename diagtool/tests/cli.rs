@@ -449,6 +449,8 @@ fn dump_folded_and_flamegraph_show_where_tasks_park() {
             svg.contains("Notified::poll"),
             "the leaf frame is drawn ({input:?})"
         );
+        xml_elements(&svg)
+            .unwrap_or_else(|e| panic!("flamegraph of {input:?} not well-formed: {e}"));
     }
     let junk = dir.path().join("junk.txt");
     std::fs::write(&junk, "hello world\n").expect("write");
