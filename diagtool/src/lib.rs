@@ -6,6 +6,8 @@
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
 pub mod analysis;
+#[cfg(feature = "cli")]
+pub mod cli;
 #[cfg(feature = "loki")]
 pub mod loki;
 pub mod model;
