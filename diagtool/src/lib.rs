@@ -5,4 +5,6 @@
 //! once, in [`model`]; nothing else defines them.
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
+#[cfg(feature = "loki")]
+pub mod loki;
 pub mod model;

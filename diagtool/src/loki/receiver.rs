@@ -1,0 +1,570 @@
+//! A strict Loki-compatible push receiver on loopback, for tests, soaks and benchmarks.
+//!
+//! It serves `POST /loki/api/v1/push`, validates every body with [`decode_push`] (a body Loki would
+//! refuse gets a 400 and is counted in [`Receiver::rejected_bodies`]), stores what it accepted (or
+//! only counts it, for benchmarks), and can misbehave on command: fail the next requests or for a
+//! while, hold requests without answering, or refuse lines containing a text.
+//!
+//! Ownership: the server runs in one task owned by the [`Receiver`] (a cancellation token and its
+//! join handle). [`Receiver::shutdown`] stops it and waits; dropping the receiver cancels it. A
+//! request held by a hang fault is released by the fault's end or by shutdown, never left behind.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::wire::{MAX_DECODED_BYTES, Stream, decode_push};
+
+/// The push path, as in Loki.
+pub const PUSH_PATH: &str = "/loki/api/v1/push";
+
+/// How long [`Receiver::shutdown`] waits for open requests before it aborts the server task.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// How many request records are kept (the oldest are dropped past it; a benchmark sends many).
+const MAX_REQUEST_RECORDS: usize = 100_000;
+
+/// One accepted entry, as stored by the receiver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedEntry {
+    /// The stream's labels.
+    pub labels: Arc<BTreeMap<String, String>>,
+    /// Nanoseconds since the epoch.
+    pub ts_ns: i64,
+    /// The line, byte for byte as received.
+    pub line: String,
+    /// Structured metadata, if the client sent any.
+    pub structured_metadata: Vec<(String, String)>,
+    /// The `X-Scope-OrgID` of the request that carried it.
+    pub tenant: Option<String>,
+}
+
+/// What the receiver saw and answered for one push request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRecord {
+    /// The status answered.
+    pub status: u16,
+    /// The `Content-Type` header.
+    pub content_type: Option<String>,
+    /// The `Content-Encoding` header.
+    pub content_encoding: Option<String>,
+    /// The `X-Scope-OrgID` header.
+    pub tenant: Option<String>,
+    /// Entries in the body (0 when it did not decode).
+    pub entries: usize,
+    /// Size of the body as sent (compressed).
+    pub body_bytes: usize,
+    /// Why the request was not accepted: the decode error, the rule, or the injected fault.
+    pub error: Option<String>,
+}
+
+/// Options for a [`Receiver`]; [`Receiver::start`] uses the defaults.
+#[derive(Debug, Clone)]
+pub struct ReceiverBuilder {
+    addr: SocketAddr,
+    store_entries: bool,
+}
+
+impl Default for ReceiverBuilder {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            store_entries: true,
+        }
+    }
+}
+
+impl ReceiverBuilder {
+    /// The address to listen on. Default `127.0.0.1:0` (an ephemeral loopback port).
+    pub fn bind(mut self, addr: SocketAddr) -> Self {
+        self.addr = addr;
+        self
+    }
+
+    /// Whether accepted entries are stored (default `true`). With `false` the receiver only counts
+    /// them, so a benchmark of millions of lines does not measure the receiver's memory.
+    pub fn store_entries(mut self, store: bool) -> Self {
+        self.store_entries = store;
+        self
+    }
+
+    /// Binds the listener and starts serving.
+    pub async fn start(self) -> std::io::Result<Receiver> {
+        let listener = tokio::net::TcpListener::bind(self.addr).await?;
+        let addr = listener.local_addr()?;
+        let cancel = CancellationToken::new();
+        let shared = Arc::new(Shared {
+            store_entries: self.store_entries,
+            cancel: cancel.clone(),
+            ..Shared::default()
+        });
+        let app = router(shared.clone());
+        let stop = cancel.clone();
+        let task = tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                tracing::warn!(error = %e, "loki receiver stopped with an error");
+            }
+        });
+        Ok(Receiver {
+            addr,
+            shared,
+            cancel,
+            task: Some(task),
+        })
+    }
+}
+
+/// A running Loki-compatible receiver. See the [module docs](self).
+///
+/// # Examples
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> std::io::Result<()> {
+/// use diagtool::loki::Receiver;
+/// let receiver = Receiver::start().await?;
+/// assert!(receiver.url().starts_with("http://127.0.0.1:"));
+/// assert_eq!(receiver.count(), 0);
+/// receiver.shutdown().await;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Receiver {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Receiver {
+    /// Starts a storing receiver on an ephemeral loopback port.
+    pub async fn start() -> std::io::Result<Self> {
+        ReceiverBuilder::default().start().await
+    }
+
+    /// Options: address, counting-only mode.
+    pub fn builder() -> ReceiverBuilder {
+        ReceiverBuilder::default()
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The base URL, such as `http://127.0.0.1:34567` (the push path is [`PUSH_PATH`]).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The accepted entries, in arrival order (empty in counting-only mode).
+    pub fn entries(&self) -> Vec<ReceivedEntry> {
+        lock(&self.shared.entries).clone()
+    }
+
+    /// The lines of the accepted entries, in arrival order (empty in counting-only mode).
+    pub fn lines(&self) -> Vec<String> {
+        lock(&self.shared.entries)
+            .iter()
+            .map(|e| e.line.clone())
+            .collect()
+    }
+
+    /// How many entries were accepted (counted in both modes).
+    pub fn count(&self) -> u64 {
+        self.shared.count.load(Ordering::Acquire)
+    }
+
+    /// Bytes of the accepted lines.
+    pub fn line_bytes(&self) -> u64 {
+        self.shared.line_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Bodies refused because Loki would refuse them (bad JSON, labels, timestamps, encoding...).
+    /// A correct client keeps this at 0.
+    pub fn rejected_bodies(&self) -> u64 {
+        self.shared.rejected_bodies.load(Ordering::Relaxed)
+    }
+
+    /// Valid bodies refused by [`reject_lines_containing`](Self::reject_lines_containing).
+    pub fn rule_rejections(&self) -> u64 {
+        self.shared.rule_rejections.load(Ordering::Relaxed)
+    }
+
+    /// Push requests received so far (any outcome, including ones still held by a hang).
+    pub fn request_count(&self) -> u64 {
+        self.shared.requests_seen.load(Ordering::Acquire)
+    }
+
+    /// The most push requests that were open at the same time (a client's effective concurrency).
+    pub fn max_in_flight(&self) -> u64 {
+        self.shared.max_in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Requests that a hang fault held.
+    pub fn hung_requests(&self) -> u64 {
+        self.shared.hung.load(Ordering::Relaxed)
+    }
+
+    /// The log of answered requests (status, headers, entries, error), oldest first.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        lock(&self.shared.requests).iter().cloned().collect()
+    }
+
+    /// Waits until at least `n` entries were accepted, or `timeout` passes; returns whether they were.
+    /// Wakes on each accepted request, never polls.
+    pub async fn wait_for_count(&self, n: u64, timeout: Duration) -> bool {
+        self.wait_until(timeout, || self.count() >= n).await
+    }
+
+    /// Waits until at least `n` push requests arrived (any outcome), or `timeout` passes.
+    pub async fn wait_for_requests(&self, n: u64, timeout: Duration) -> bool {
+        self.wait_until(timeout, || self.request_count() >= n).await
+    }
+
+    async fn wait_until(&self, timeout: Duration, done: impl Fn() -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notified = self.shared.notify.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a wake between the check and the await is not lost.
+            notified.as_mut().enable();
+            if done() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return done();
+            }
+        }
+    }
+
+    /// Answers the next `n` valid requests with `status` (429 and 503 carry the
+    /// [`retry_after`](Self::retry_after) header if set).
+    pub fn fail_next(&self, n: u32, status: u16) {
+        self.faults().fail_next = Some((n, status));
+    }
+
+    /// Answers every valid request with `status` for `duration` from now.
+    pub fn fail_for(&self, duration: Duration, status: u16) {
+        self.faults().fail_until = Some((Instant::now() + duration, status));
+    }
+
+    /// Holds the next `n` valid requests without answering until the client gives up or the
+    /// receiver shuts down.
+    pub fn hang_next(&self, n: u32) {
+        self.faults().hang_next = n;
+    }
+
+    /// Holds every valid request for `duration` from now; a request still open when the hang ends
+    /// gets a 503 (the hang stood for an outage).
+    pub fn hang_for(&self, duration: Duration) {
+        self.faults().hang_until = Some(Instant::now() + duration);
+    }
+
+    /// Refuses with 400 any valid body with a line containing `text` (as Loki refuses a line that
+    /// is too long or too old): the client must drop it, not retry it.
+    pub fn reject_lines_containing(&self, text: impl Into<String>) {
+        self.faults().reject_containing.push(text.into());
+    }
+
+    /// Sends `Retry-After: <seconds>` with injected 429 and 503 answers (`None`: no header).
+    pub fn retry_after(&self, seconds: Option<u64>) {
+        self.faults().retry_after = seconds;
+    }
+
+    /// Answers every valid request only after `latency` (`None`: at once), like a loaded Loki; the
+    /// other faults apply after it.
+    pub fn latency(&self, latency: Option<Duration>) {
+        self.faults().latency = latency;
+    }
+
+    /// Ends every fault and rule.
+    pub fn clear_faults(&self) {
+        *self.faults() = Faults::default();
+    }
+
+    fn faults(&self) -> MutexGuard<'_, Faults> {
+        lock(&self.shared.faults)
+    }
+
+    /// Stops serving and waits for the server task (aborting it after a grace period).
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        if let Some(mut task) = self.task.take()
+            && tokio::time::timeout(SHUTDOWN_GRACE, &mut task)
+                .await
+                .is_err()
+        {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Poisoning cannot leave these plain collections inconsistent, so a poisoned lock is used as is.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    store_entries: bool,
+    cancel: CancellationToken,
+    entries: Mutex<Vec<ReceivedEntry>>,
+    count: AtomicU64,
+    line_bytes: AtomicU64,
+    rejected_bodies: AtomicU64,
+    rule_rejections: AtomicU64,
+    requests_seen: AtomicU64,
+    hung: AtomicU64,
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
+    requests: Mutex<VecDeque<RequestRecord>>,
+    faults: Mutex<Faults>,
+    notify: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Faults {
+    fail_next: Option<(u32, u16)>,
+    fail_until: Option<(Instant, u16)>,
+    hang_next: u32,
+    hang_until: Option<Instant>,
+    reject_containing: Vec<String>,
+    retry_after: Option<u64>,
+    latency: Option<Duration>,
+}
+
+enum Fault {
+    Fail(u16, Option<u64>),
+    /// Hold until the instant, or (None) until the client gives up.
+    Hang(Option<Instant>),
+}
+
+impl Faults {
+    fn take(&mut self, now: Instant) -> Option<Fault> {
+        if let Some((n, status)) = self.fail_next {
+            self.fail_next = (n > 1).then(|| (n - 1, status));
+            if n > 0 {
+                return Some(Fault::Fail(status, self.retry_after));
+            }
+        }
+        if let Some((until, status)) = self.fail_until {
+            if now < until {
+                return Some(Fault::Fail(status, self.retry_after));
+            }
+            self.fail_until = None;
+        }
+        if self.hang_next > 0 {
+            self.hang_next -= 1;
+            return Some(Fault::Hang(None));
+        }
+        if let Some(until) = self.hang_until {
+            if now < until {
+                return Some(Fault::Hang(Some(until)));
+            }
+            self.hang_until = None;
+        }
+        None
+    }
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route(PUSH_PATH, post(push))
+        .route("/ready", get(|| async { "ready\n" }))
+        // Bodies are bounded by what decode_push would inflate anyway; axum's 2 MB default is
+        // smaller than a real batch.
+        .layer(DefaultBodyLimit::max(MAX_DECODED_BYTES))
+        .with_state(shared)
+}
+
+fn header(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+}
+
+/// Counts a request as open for as long as its handler runs, including when the client gives up.
+struct InFlight<'a>(&'a Shared);
+
+impl<'a> InFlight<'a> {
+    fn enter(shared: &'a Shared) -> Self {
+        let now = shared.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+        shared.max_in_flight.fetch_max(now, Ordering::AcqRel);
+        Self(shared)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+async fn push(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let _open = InFlight::enter(&shared);
+    shared.requests_seen.fetch_add(1, Ordering::AcqRel);
+    let mut record = RequestRecord {
+        status: 204,
+        content_type: header(&headers, "content-type"),
+        content_encoding: header(&headers, "content-encoding"),
+        tenant: header(&headers, "x-scope-orgid"),
+        entries: 0,
+        body_bytes: body.len(),
+        error: None,
+    };
+    let decoded = decode_push(
+        record.content_type.as_deref(),
+        record.content_encoding.as_deref(),
+        &body,
+    );
+    let streams = match decoded {
+        Ok(streams) => streams,
+        Err(e) => {
+            shared.rejected_bodies.fetch_add(1, Ordering::Relaxed);
+            let msg = e.to_string();
+            tracing::warn!(error = %msg, "loki receiver rejected a body");
+            return finish(&shared, record, StatusCode::BAD_REQUEST, msg, None);
+        }
+    };
+    record.entries = streams.iter().map(|s| s.entries.len()).sum();
+
+    let latency = lock(&shared.faults).latency;
+    if let Some(latency) = latency {
+        tokio::select! {
+            _ = shared.cancel.cancelled() => {}
+            _ = tokio::time::sleep(latency) => {}
+        }
+    }
+
+    let fault = lock(&shared.faults).take(Instant::now());
+    match fault {
+        Some(Fault::Fail(status, retry_after)) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let retry_after = retry_after.filter(|_| {
+                status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE
+            });
+            return finish(
+                &shared,
+                record,
+                status,
+                format!("injected fault: {status}"),
+                retry_after,
+            );
+        }
+        Some(Fault::Hang(until)) => {
+            shared.hung.fetch_add(1, Ordering::Relaxed);
+            shared.notify.notify_waiters();
+            // If the client gives up, hyper drops this future here: nothing is recorded.
+            match until {
+                Some(until) => tokio::select! {
+                    _ = shared.cancel.cancelled() => {}
+                    _ = tokio::time::sleep_until(until) => {}
+                },
+                None => shared.cancel.cancelled().await,
+            }
+            let status = StatusCode::SERVICE_UNAVAILABLE;
+            return finish(&shared, record, status, "injected hang ended".into(), None);
+        }
+        None => {}
+    }
+
+    let rejected_by = {
+        let faults = lock(&shared.faults);
+        faults
+            .reject_containing
+            .iter()
+            .find(|text| {
+                streams
+                    .iter()
+                    .flat_map(|s| &s.entries)
+                    .any(|e| e.line.contains(text.as_str()))
+            })
+            .cloned()
+    };
+    if let Some(text) = rejected_by {
+        shared.rule_rejections.fetch_add(1, Ordering::Relaxed);
+        let msg = format!("line contains rejected text {text:?}");
+        return finish(&shared, record, StatusCode::BAD_REQUEST, msg, None);
+    }
+
+    store(&shared, streams, record.tenant.as_deref());
+    finish(&shared, record, StatusCode::NO_CONTENT, String::new(), None)
+}
+
+fn store(shared: &Shared, streams: Vec<Stream>, tenant: Option<&str>) {
+    let mut count = 0u64;
+    let mut bytes = 0u64;
+    for s in &streams {
+        count += s.entries.len() as u64;
+        bytes += s.entries.iter().map(|e| e.line.len() as u64).sum::<u64>();
+    }
+    if shared.store_entries {
+        let mut entries = lock(&shared.entries);
+        for s in streams {
+            let labels = Arc::new(s.labels);
+            entries.extend(s.entries.into_iter().map(|e| ReceivedEntry {
+                labels: labels.clone(),
+                ts_ns: e.ts_ns,
+                line: e.line,
+                structured_metadata: e.structured_metadata,
+                tenant: tenant.map(str::to_owned),
+            }));
+        }
+    }
+    shared.line_bytes.fetch_add(bytes, Ordering::Relaxed);
+    // Released after the entries are stored, so a waiter that sees the count sees the entries.
+    shared.count.fetch_add(count, Ordering::AcqRel);
+}
+
+fn finish(
+    shared: &Shared,
+    mut record: RequestRecord,
+    status: StatusCode,
+    error: String,
+    retry_after: Option<u64>,
+) -> Response {
+    record.status = status.as_u16();
+    record.error = (!error.is_empty()).then(|| error.clone());
+    {
+        let mut requests = lock(&shared.requests);
+        if requests.len() >= MAX_REQUEST_RECORDS {
+            requests.pop_front();
+        }
+        requests.push_back(record);
+    }
+    shared.notify.notify_waiters();
+    let mut response = (status, error).into_response();
+    if let Some(secs) = retry_after {
+        response
+            .headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+#[path = "receiver_tests.rs"]
+mod tests;
