@@ -105,9 +105,28 @@ pub async fn run(
             "sink",
             sink::stdout::run(batch_rx, hard.clone(), sup.heartbeat("sink")),
         ),
-        SinkKind::Loki { .. } => {
-            anyhow::bail!(
-                "the loki sink is not built yet in this version: use type = \"file\" or \"stdout\""
+        SinkKind::Loki {
+            url,
+            tenant,
+            encoding,
+            request_timeout,
+            max_concurrency,
+            backoff_max,
+        } => {
+            let settings = sink::loki::LokiSettings {
+                url: url.clone(),
+                tenant: tenant.clone(),
+                encoding: match encoding {
+                    config::Encoding::Json => sink::loki::LokiEncoding::Json,
+                    config::Encoding::Protobuf => sink::loki::LokiEncoding::Protobuf,
+                },
+                request_timeout: *request_timeout,
+                max_concurrency: *max_concurrency,
+                backoff_max: *backoff_max,
+            };
+            sup.spawn(
+                "sink",
+                sink::loki::run(settings, batch_rx, hard.clone(), sup.heartbeat("sink")),
             )
         }
     };
