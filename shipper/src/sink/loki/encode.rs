@@ -93,3 +93,78 @@ fn protobuf_snappy(batch: &mut Batch) -> Body {
         content_encoding: None,
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use diagtool::loki::wire::decode_push;
+
+    use super::*;
+    use crate::event::StreamBatch;
+
+    fn two_stream_batch() -> Batch {
+        let (ack_tx, _acks) = tokio::sync::mpsc::unbounded_channel();
+        let labels = |job: &str| {
+            Arc::new(BTreeMap::from([
+                ("job".to_owned(), job.to_owned()),
+                ("filename".to_owned(), "/var/log/a \"b\".log".to_owned()),
+            ]))
+        };
+        Batch::new(
+            vec![
+                StreamBatch {
+                    labels: labels("a"),
+                    entries: vec![(-1, "neg".into()), (i64::MAX, "max \t\"\\".into())],
+                },
+                StreamBatch {
+                    labels: labels("b"),
+                    entries: vec![(5, "日本語\n".into())],
+                },
+            ],
+            vec![],
+            ack_tx,
+        )
+    }
+
+    #[test]
+    fn both_encodings_decode_to_the_batch() {
+        for encoding in [LokiEncoding::Json, LokiEncoding::Protobuf] {
+            let mut batch = two_stream_batch();
+            let want: Vec<_> = batch
+                .streams
+                .iter()
+                .map(|s| ((*s.labels).clone(), s.entries.clone()))
+                .collect();
+            let body = encode(encoding, &mut batch).unwrap();
+            let streams =
+                decode_push(Some(body.content_type), body.content_encoding, &body.bytes).unwrap();
+            let got: Vec<_> = streams
+                .into_iter()
+                .map(|s| {
+                    let entries = s.entries.into_iter().map(|e| (e.ts_ns, e.line)).collect();
+                    (s.labels, entries)
+                })
+                .collect();
+            assert_eq!(got, want, "{encoding:?}");
+        }
+    }
+
+    #[test]
+    fn json_is_gzipped_and_protobuf_is_snappy() {
+        let json = encode(LokiEncoding::Json, &mut two_stream_batch()).unwrap();
+        assert_eq!(
+            (json.content_type, json.content_encoding),
+            ("application/json", Some("gzip"))
+        );
+        assert_eq!(&json.bytes[..2], &[0x1f, 0x8b], "gzip magic");
+        let proto = encode(LokiEncoding::Protobuf, &mut two_stream_batch()).unwrap();
+        assert_eq!(
+            (proto.content_type, proto.content_encoding),
+            ("application/x-protobuf", None)
+        );
+        assert!(snap::raw::decompress_len(&proto.bytes).is_ok());
+    }
+}
