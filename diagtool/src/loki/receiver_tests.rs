@@ -229,6 +229,11 @@ async fn hang_next_holds_until_the_client_gives_up() {
     let got = tokio::time::timeout(Duration::from_millis(200), conn.read(&mut buf)).await;
     assert!(got.is_err(), "a hung request must not be answered");
     drop(conn); // the client gives up
+    assert!(
+        r.wait_until(T, || r.requests().len() == 1).await,
+        "a request whose client gave up is recorded"
+    );
+    assert_eq!(r.requests()[0].status, STATUS_CLIENT_GAVE_UP);
 
     assert_eq!(push_json(&r, &["next"]).await.status, 204);
     assert_eq!(r.lines(), ["next"]);
