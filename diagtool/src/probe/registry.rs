@@ -66,10 +66,10 @@ struct Site {
 pub const MAX_NAMES_PER_SITE: usize = 16;
 
 impl Site {
-    fn remember(&self, name: &Cow<'static, str>) {
+    fn remember(&self, name: Cow<'static, str>) {
         let mut names = lock(&self.names);
-        if names.len() < MAX_NAMES_PER_SITE && !names.contains(name) {
-            names.push(name.clone());
+        if names.len() < MAX_NAMES_PER_SITE && !names.contains(&name) {
+            names.push(name);
         }
     }
 }
@@ -260,7 +260,7 @@ impl TaskRegistry {
                 None => return,
             }
         };
-        self.inner.with_site(site, |site| site.remember(&name));
+        self.inner.with_site(site, |site| site.remember(name));
     }
 
     /// The names each site remembers (see [`MAX_NAMES_PER_SITE`]), by shortened site.
@@ -387,14 +387,12 @@ impl Inner {
         let address = location as *const Location<'static> as usize;
         let mut f = Some(f);
         let _ = SITE_CACHE.try_with(|cache| {
-            if let Ok(cache) = cache.try_borrow() {
-                if cache.0 == self.key {
-                    if let Some(site) = cache.1.get(&address) {
-                        if let Some(f) = f.take() {
-                            f(site);
-                        }
-                    }
-                }
+            if let Ok(cache) = cache.try_borrow()
+                && cache.0 == self.key
+                && let Some(site) = cache.1.get(&address)
+                && let Some(f) = f.take()
+            {
+                f(site);
             }
         });
         if let Some(f) = f {
@@ -410,7 +408,7 @@ impl Inner {
         self.with_site(location, |site| {
             site.spawned.fetch_add(1, Ordering::AcqRel);
             if let Some(name) = &name {
-                site.remember(name);
+                site.remember(name.clone());
             }
         });
         lock(self.shard(id)).insert(
