@@ -504,6 +504,47 @@ fn profile_saves_the_pprof_and_draws_its_flamegraph() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
 
+#[test]
+fn ctrl_c_ends_the_watch_cleanly_with_the_summary() {
+    let target = FakeTarget::start(Script::Leaking);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_diagtool"))
+        .args([
+            "--target",
+            &target.url,
+            "watch",
+            "--interval",
+            "200ms",
+            "--json",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn diagtool");
+    let deadline = std::time::Instant::now() + LIMIT;
+    while target.requests() < 4 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let interrupt = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(interrupt.success());
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("watch did not stop on SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report =
+        WatchReport::from_json(last_line(&stdout(&out))).expect("summary printed on Ctrl-C");
+    assert!(report.samples >= 4, "{report:?}");
+    assert!(stderr(&out).contains("final: "), "{}", stderr(&out));
+}
+
 /// Compares `actual` with `tests/snapshots/NAME`; `UPDATE_SNAPSHOTS=1` rewrites the file.
 fn assert_snapshot(name: &str, actual: &str) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
