@@ -82,6 +82,29 @@ fn watch_names_the_leaking_site_exits_1_and_records_a_reportable_incident() {
         rec.join("dump.json").exists(),
         "a dump is fetched into the recording on a leak"
     );
+    assert_eq!(summary.threshold_per_min, Some(1.0));
+    let again = diagtool(
+        &[
+            "--target",
+            &target.url,
+            "watch",
+            "--duration",
+            "1s",
+            "--record",
+            rec_arg,
+        ],
+        LIMIT,
+    );
+    assert_eq!(
+        again.status.code(),
+        Some(2),
+        "an existing recording is not overwritten"
+    );
+    assert!(
+        stderr(&again).contains("already holds a recording"),
+        "{}",
+        stderr(&again)
+    );
 
     // The report built from it.
     let out = diagtool(&["report", rec_arg], LIMIT);

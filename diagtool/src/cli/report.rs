@@ -41,7 +41,13 @@ pub(super) fn report(dir: &Path, output: Option<&Path>) -> anyhow::Result<ExitCo
     let recording = load(dir)?;
     let out = output.map_or_else(|| dir.join("report.md"), Path::to_path_buf);
     let svg_path = chart_path(&out);
-    let analysis = analyze(&recording.snapshots, &Options::default());
+    // Judge with the threshold the watch used, so the report agrees with what it printed.
+    let threshold = recording.summary.as_ref().and_then(|s| s.threshold_per_min);
+    let options = Options {
+        threshold_per_min: threshold.unwrap_or(crate::analysis::DEFAULT_THRESHOLD_PER_MIN),
+        ..Options::default()
+    };
+    let analysis = analyze(&recording.snapshots, &options);
     let svg_name = svg_path
         .file_name()
         .map_or_else(|| "chart.svg".into(), |n| n.to_string_lossy().into_owned());
