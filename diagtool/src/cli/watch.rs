@@ -374,3 +374,67 @@ impl Recorder {
         self.write("summary.txt", table)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{SNAPSHOT_SCHEMA, SiteStats, TaskTotals};
+
+    fn snap(at_s: u64, uptime: f64, sites: &[(&str, u64)]) -> Snapshot {
+        Snapshot {
+            schema: SNAPSHOT_SCHEMA.into(),
+            service: "svc".into(),
+            taken_at_ms: at_s * 1000,
+            uptime_s: uptime,
+            process: Default::default(),
+            runtime: Default::default(),
+            tasks: TaskTotals {
+                live: sites.iter().map(|s| s.1).sum(),
+                ..Default::default()
+            },
+            sites: sites
+                .iter()
+                .map(|&(site, live)| SiteStats {
+                    site: site.into(),
+                    live,
+                    oldest_age_s: uptime,
+                    ..Default::default()
+                })
+                .collect(),
+            tasks_detail: None,
+        }
+    }
+
+    #[test]
+    fn frame_has_header_top_rows_overflow_restart_and_leak_lines() {
+        let mut snaps = vec![snap(0, 900.0, &[("old.rs:1:1", 9)])];
+        for i in 0..10u64 {
+            snaps.push(snap(
+                10 + i,
+                1.0 + i as f64,
+                &[
+                    ("leak.rs:1:1", 2 * (i + 1)),
+                    ("a.rs:1:1", 3),
+                    ("b.rs:1:1", 1),
+                ],
+            ));
+        }
+        let analysis = analyze(&snaps, &Options::default());
+        let text = render(&analysis, "http://127.0.0.1:6060", 2, 2, true, false);
+        let first = text.lines().next().unwrap_or_default();
+        assert_eq!(
+            first,
+            "final: http://127.0.0.1:6060: 11 samples over 9s, 24 live tasks (+18, +120.0/min), verdict LEAK, 2 failed attempts"
+        );
+        assert!(
+            text.contains(
+                "the target restarted before sample 2 (uptime 1s); analysing the 10 samples since"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("... and 1 more sites"), "{text}");
+        assert!(text.contains("leak at leak.rs:1:1: floor rose"), "{text}");
+        assert!(text.contains("+2/1s"), "{text}");
+        assert!(!text.contains("b.rs:1:1"), "only the top 2 rows: {text}");
+    }
+}
