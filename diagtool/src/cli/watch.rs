@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use comfy_table::ContentArrangement;
+use comfy_table::{ColumnConstraint, ContentArrangement, Width};
 
 use super::commands::{right_align, table};
 use super::fmt::{rate, secs};
@@ -218,14 +218,12 @@ impl View {
 
     /// Draws one frame and returns it without terminal control codes (for the recording).
     fn frame(&mut self, analysis: &Analysis, errors: u64, last: bool) -> anyhow::Result<String> {
-        let text = render(
-            analysis,
-            &self.target,
-            errors,
-            self.top,
-            last,
-            self.in_place,
-        );
+        let screen = match (self.in_place, self.to_stderr) {
+            (false, _) => Screen::Piped,
+            (true, false) => Screen::Stdout,
+            (true, true) => Screen::Stderr,
+        };
+        let text = render(analysis, &self.target, errors, self.top, last, screen);
         if self.in_place {
             // Home and clear, then the new frame: a live view that keeps no stale rows.
             self.write(&format!("\x1b[H\x1b[2J{text}"))?;
@@ -236,6 +234,17 @@ impl View {
     }
 }
 
+/// Where a frame is drawn, so the table fits the terminal it is shown on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Screen {
+    /// Not a terminal: no wrapping, no control codes.
+    Piped,
+    /// The terminal on standard output.
+    Stdout,
+    /// The terminal on standard error (`--json`).
+    Stderr,
+}
+
 /// The header line, the growth table (top `top` sites) and a line per leaking site saying why.
 pub(super) fn render(
     analysis: &Analysis,
@@ -243,7 +252,7 @@ pub(super) fn render(
     errors: u64,
     top: usize,
     last: bool,
-    tty: bool,
+    screen: Screen,
 ) -> String {
     let verdict = match analysis.verdict() {
         Overall::Leak => "LEAK",
@@ -282,10 +291,33 @@ pub(super) fn render(
         "oldest age",
         "verdict",
     ]);
-    if tty {
-        t.set_content_arrangement(ContentArrangement::Dynamic);
-    } else {
-        t.force_no_tty();
+    match screen {
+        Screen::Piped => {
+            t.force_no_tty();
+        }
+        Screen::Stdout => {
+            t.set_content_arrangement(ContentArrangement::Dynamic);
+        }
+        Screen::Stderr => {
+            // The terminal size is looked up on standard output, which carries the JSON here:
+            // fit to $COLUMNS when the shell exports it, else let the terminal wrap.
+            t.use_stderr();
+            if let Some(width) = std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()) {
+                t.set_width(width)
+                    .set_content_arrangement(ContentArrangement::Dynamic);
+            }
+        }
+    }
+    // The spawn site is what the operator reads: keep it whole before wrapping other columns.
+    let longest = analysis
+        .sites
+        .iter()
+        .take(top)
+        .map(|s| s.row.site.chars().count())
+        .max();
+    if let (Some(longest), Some(column)) = (longest, t.column_mut(0)) {
+        let keep = u16::try_from(longest.min(48) + 2).unwrap_or(50); // + padding
+        column.set_constraint(ColumnConstraint::LowerBoundary(Width::Fixed(keep)));
     }
     for s in analysis.sites.iter().take(top) {
         let r = &s.row;
@@ -420,7 +452,14 @@ mod tests {
             ));
         }
         let analysis = analyze(&snaps, &Options::default());
-        let text = render(&analysis, "http://127.0.0.1:6060", 2, 2, true, false);
+        let text = render(
+            &analysis,
+            "http://127.0.0.1:6060",
+            2,
+            2,
+            true,
+            Screen::Piped,
+        );
         let first = text.lines().next().unwrap_or_default();
         assert_eq!(
             first,
