@@ -288,6 +288,20 @@ fn bad_target_url_exits_2() {
 }
 
 #[test]
+fn a_path_the_target_does_not_serve_exits_2_naming_it() {
+    let target = FakeTarget::start(Script::Clean);
+    let prefixed = format!("{}/not-the-debug-port", target.url);
+    let out = diagtool(&["--target", &prefixed, "snapshot"], LIMIT);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("/not-the-debug-port/debug/tasks") && err.contains("404"),
+        "{err}"
+    );
+}
+
+#[test]
 fn bearer_token_is_sent_when_given() {
     let target = FakeTarget::start(Script::Token("s3cret"));
     let out = diagtool(&["--target", &target.url, "snapshot"], LIMIT);
