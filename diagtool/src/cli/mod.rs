@@ -212,9 +212,11 @@ async fn remote(client: Client, command: Command) -> anyhow::Result<ExitCode> {
             output,
             flamegraph,
         } => commands::profile(&client, seconds, &output, flamegraph.as_deref()).await,
-        Command::Diff { .. } | Command::Flamegraph { .. } | Command::Report { .. } => {
-            unreachable!("local commands run without a client")
-        }
+        // Local commands are dispatched by `run` before a client exists; reaching here is a bug
+        // worth an error, not a panic.
+        Command::Diff { .. } | Command::Flamegraph { .. } | Command::Report { .. } => Err(
+            anyhow::anyhow!("internal error: a local command was sent to the target"),
+        ),
     }
 }
 
