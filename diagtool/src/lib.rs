@@ -11,3 +11,5 @@ pub mod loki;
 pub mod model;
 #[cfg(any(feature = "probe", feature = "cli"))]
 pub mod pprof;
+#[cfg(feature = "cli")]
+pub mod soak;
