@@ -6,10 +6,14 @@
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
 pub mod analysis;
+#[cfg(feature = "cli")]
+pub mod cli;
 #[cfg(feature = "loki")]
 pub mod loki;
 pub mod model;
 #[cfg(any(feature = "probe", feature = "cli"))]
 pub mod pprof;
+#[cfg(feature = "probe")]
+pub mod probe;
 #[cfg(feature = "cli")]
 pub mod soak;

@@ -89,3 +89,23 @@ impl Batch {
         let _ = self.ack_tx.send(self.acks);
     }
 }
+
+/// One read of one source: the complete lines it produced, grouped by stream, in read order.
+///
+/// The reader registers the chunk with the checkpointer (`id`, end offset, line count) before it
+/// sends it, so every acknowledgement finds its chunk. Plain files produce one stream per chunk;
+/// Docker logs up to two (`stdout`, `stderr`).
+#[derive(Debug)]
+pub struct Chunk {
+    /// The checkpointer's id for this chunk; every entry from it is acknowledged with this id.
+    pub id: u64,
+    /// `(labels, (ts_ns, line) pairs)` per stream, each in read order.
+    pub streams: Vec<(Labels, Vec<(i64, String)>)>,
+}
+
+impl Chunk {
+    /// Number of lines in the chunk.
+    pub fn lines(&self) -> usize {
+        self.streams.iter().map(|(_, l)| l.len()).sum()
+    }
+}

@@ -1,6 +1,195 @@
 //! The log shipper: tails files and Docker json-file logs and pushes them to Grafana Loki.
+//!
+//! Data path: [`source::reader`] (one actor for every file) -> bounded channel -> [`pipeline`]
+//! (batches per stream) -> bounded channel -> a sink ([`sink`]) -> acknowledgements ->
+//! [`checkpoint`] (positions advance only over acknowledged lines). [`supervisor`] owns every task;
+//! [`health`] and [`server`] expose them. [`run`] wires it all and performs the ordered shutdown.
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
+pub mod checkpoint;
+pub mod config;
 pub mod event;
+pub mod health;
 pub mod leaklab;
+pub mod pipeline;
+pub mod server;
 pub mod sink;
+pub mod source;
+pub mod supervisor;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, SinkKind};
+use crate::health::Health;
+use crate::supervisor::Supervisor;
+
+/// Chunks the reader may have queued ahead of the dispatcher (each at most ~1 MiB of lines).
+const CHUNK_QUEUE: usize = 4;
+/// Batches queued ahead of the sink.
+const BATCH_QUEUE: usize = 4;
+/// After the deadline, how long components get to write their last positions.
+const HARD_STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// Runs the shipper until `signal` completes (graceful shutdown) or a component fails (error).
+///
+/// Shutdown order: not ready; the reader stops; the dispatcher flushes what was read; the sink
+/// delivers it; the checkpointer saves the acknowledged positions. If that takes longer than
+/// `shutdown_timeout`, in-flight batches are abandoned unacknowledged (re-read next start) and the
+/// positions acknowledged so far are saved.
+pub async fn run(
+    config: Config,
+    metrics: Option<PrometheusHandle>,
+    signal: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data_dir '{}'", config.data_dir.display()))?;
+    let loaded = checkpoint::load(&config.data_dir)?;
+    tracing::info!(positions = loaded.len(), dir = %config.data_dir.display(), "positions loaded");
+    let ledger = checkpoint::Ledger::new(loaded).shared();
+
+    let health = Health::new(config.health.heartbeat_timeout);
+    let sup = Supervisor::new(health.clone());
+    let listener = tokio::net::TcpListener::bind(config.server.main_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (server.main_addr)",
+                config.server.main_addr
+            )
+        })?;
+    tracing::info!(addr = %listener.local_addr()?, "main port listening");
+    let server_stop = CancellationToken::new();
+    let state = server::ServerState {
+        health: health.clone(),
+        metrics: metrics.clone(),
+    };
+    sup.spawn(
+        "server",
+        server::serve(listener, state, server_stop.clone()),
+    );
+    if metrics.is_some() {
+        sup.spawn(
+            "runtime-metrics",
+            server::runtime_metrics(server_stop.clone()),
+        );
+    }
+
+    let (chunk_tx, chunk_rx) = mpsc::channel(CHUNK_QUEUE);
+    let (batch_tx, batch_rx) = mpsc::channel(BATCH_QUEUE);
+    let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+    let hard = sup.hard_stop();
+
+    let checkpointer = sup.spawn(
+        "checkpointer",
+        checkpoint::run(
+            ledger.clone(),
+            ack_rx,
+            config.data_dir.clone(),
+            config.checkpoint_interval,
+            hard.clone(),
+            sup.heartbeat("checkpointer"),
+        ),
+    );
+    let sink = match &config.sink.kind {
+        SinkKind::File { path } => sup.spawn(
+            "sink",
+            sink::file::run(path.clone(), batch_rx, hard.clone(), sup.heartbeat("sink")),
+        ),
+        SinkKind::Stdout => sup.spawn(
+            "sink",
+            sink::stdout::run(batch_rx, hard.clone(), sup.heartbeat("sink")),
+        ),
+        SinkKind::Loki {
+            url,
+            tenant,
+            encoding,
+            request_timeout,
+            max_concurrency,
+            backoff_max,
+        } => {
+            let settings = sink::loki::LokiSettings {
+                url: url.clone(),
+                tenant: tenant.clone(),
+                encoding: match encoding {
+                    config::Encoding::Json => sink::loki::LokiEncoding::Json,
+                    config::Encoding::Protobuf => sink::loki::LokiEncoding::Protobuf,
+                },
+                request_timeout: *request_timeout,
+                max_concurrency: *max_concurrency,
+                backoff_max: *backoff_max,
+            };
+            sup.spawn(
+                "sink",
+                sink::loki::run(settings, batch_rx, hard.clone(), sup.heartbeat("sink")),
+            )
+        }
+    };
+    let limits = pipeline::BatchLimits {
+        max_bytes: config.sink.batch_max_bytes,
+        max_wait: config.sink.batch_max_wait,
+    };
+    let dispatcher = sup.spawn(
+        "dispatcher",
+        pipeline::run(
+            chunk_rx,
+            batch_tx,
+            ack_tx,
+            limits,
+            hard.clone(),
+            sup.heartbeat("dispatcher"),
+        ),
+    );
+    let reader = sup.spawn(
+        "reader",
+        source::reader::run(
+            source::reader::ReaderParts {
+                sources: config.sources.clone(),
+                ledger,
+                tx: chunk_tx,
+                events: Arc::new(source::MetricEvents),
+            },
+            sup.shutdown(),
+            sup.heartbeat("reader"),
+        ),
+    );
+    health.set_ready(true);
+
+    let shutdown = sup.shutdown();
+    tokio::select! {
+        _ = signal => tracing::info!("shutting down: flushing what was read"),
+        _ = shutdown.cancelled() => tracing::warn!("a component failed: shutting down"),
+    }
+    health.set_stopping();
+    shutdown.cancel();
+    let drained = tokio::time::timeout(config.shutdown_timeout, async {
+        let _ = reader.await;
+        let _ = dispatcher.await;
+        let _ = sink.await;
+        let _ = checkpointer.await;
+    })
+    .await
+    .is_ok();
+    if !drained {
+        tracing::warn!(
+            timeout = ?config.shutdown_timeout,
+            "shutdown timeout reached: abandoning in-flight batches (they are re-sent next start)"
+        );
+        hard.cancel();
+    }
+    server_stop.cancel();
+    if !sup.wait(HARD_STOP_GRACE).await {
+        tracing::error!("some components did not stop in time");
+    }
+    if let Some(f) = sup.failure() {
+        anyhow::bail!(f);
+    }
+    tracing::info!("stopped; positions saved");
+    Ok(())
+}

@@ -210,6 +210,11 @@ impl Receiver {
         self.shared.requests_seen.load(Ordering::Acquire)
     }
 
+    /// The most push requests that were open at the same time (a client's effective concurrency).
+    pub fn max_in_flight(&self) -> u64 {
+        self.shared.max_in_flight.load(Ordering::Relaxed)
+    }
+
     /// Requests that a hang fault held.
     pub fn hung_requests(&self) -> u64 {
         self.shared.hung.load(Ordering::Relaxed)
@@ -281,6 +286,12 @@ impl Receiver {
         self.faults().retry_after = seconds;
     }
 
+    /// Answers every valid request only after `latency` (`None`: at once), like a loaded Loki; the
+    /// other faults apply after it.
+    pub fn latency(&self, latency: Option<Duration>) {
+        self.faults().latency = latency;
+    }
+
     /// Ends every fault and rule.
     pub fn clear_faults(&self) {
         *self.faults() = Faults::default();
@@ -326,6 +337,8 @@ struct Shared {
     rule_rejections: AtomicU64,
     requests_seen: AtomicU64,
     hung: AtomicU64,
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
     requests: Mutex<VecDeque<RequestRecord>>,
     faults: Mutex<Faults>,
     notify: Notify,
@@ -339,6 +352,7 @@ struct Faults {
     hang_until: Option<Instant>,
     reject_containing: Vec<String>,
     retry_after: Option<u64>,
+    latency: Option<Duration>,
 }
 
 enum Fault {
@@ -391,7 +405,25 @@ fn header(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
 }
 
+/// Counts a request as open for as long as its handler runs, including when the client gives up.
+struct InFlight<'a>(&'a Shared);
+
+impl<'a> InFlight<'a> {
+    fn enter(shared: &'a Shared) -> Self {
+        let now = shared.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+        shared.max_in_flight.fetch_max(now, Ordering::AcqRel);
+        Self(shared)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 async fn push(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let _open = InFlight::enter(&shared);
     shared.requests_seen.fetch_add(1, Ordering::AcqRel);
     let mut record = RequestRecord {
         status: 204,
@@ -417,6 +449,14 @@ async fn push(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         }
     };
     record.entries = streams.iter().map(|s| s.entries.len()).sum();
+
+    let latency = lock(&shared.faults).latency;
+    if let Some(latency) = latency {
+        tokio::select! {
+            _ = shared.cancel.cancelled() => {}
+            _ = tokio::time::sleep(latency) => {}
+        }
+    }
 
     let fault = lock(&shared.faults).take(Instant::now());
     match fault {

@@ -324,3 +324,16 @@ async fn other_paths_and_methods_are_not_push() {
     assert_eq!(r.request_count(), 0);
     r.shutdown().await;
 }
+
+#[tokio::test]
+async fn latency_delays_answers_and_in_flight_is_tracked() {
+    let r = Receiver::start().await.unwrap();
+    r.latency(Some(Duration::from_millis(200)));
+    let started = Instant::now();
+    let (a, b) = tokio::join!(push_json(&r, &["a"]), push_json(&r, &["b"]));
+    assert_eq!((a.status, b.status), (204, 204));
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(200), "{took:?}");
+    assert_eq!(r.max_in_flight(), 2);
+    r.shutdown().await;
+}

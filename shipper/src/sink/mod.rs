@@ -3,4 +3,6 @@
 //!
 //! [`Batch`]: crate::event::Batch
 
+pub mod file;
 pub mod loki;
+pub mod stdout;

@@ -1,0 +1,280 @@
+//! The operator's CLI: flags, the commands, and how their output is rendered.
+//!
+//! `main.rs` only parses [`Cli`], calls [`run`] and maps its error to an exit code with
+//! [`exit_code`] (0 ok, 1 a problem found, 2 usage or input error, 3 target unreachable). Each
+//! command lives in its own file; HTTP goes through [`client`] (timeouts on every request, the bearer
+//! token when given); analysis is [`crate::analysis`]; tables, text and charts are rendered here and
+//! never leak into the model.
+
+mod chart;
+mod client;
+mod commands;
+mod dump;
+mod fmt;
+mod report;
+mod watch;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+pub use client::Client;
+pub use fmt::Dur;
+
+/// The default target: the probe's debug port on loopback.
+pub const DEFAULT_TARGET: &str = "http://127.0.0.1:6060";
+
+/// Leak diagnostics and profiling for tokio services: watch task growth per spawn site, dump where
+/// tasks are parked, profile the CPU, and write an incident report.
+#[derive(Debug, Parser)]
+#[command(name = "diagtool", version, max_term_width = 100)]
+pub struct Cli {
+    /// Base URL of the target's debug port (http only).
+    #[arg(long, global = true, env = "DIAGTOOL_TARGET", hide_env_values = true, default_value = DEFAULT_TARGET)]
+    pub target: String,
+    /// Bearer token for a target whose debug port requires one.
+    #[arg(long, global = true, env = "DIAGTOOL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Fetch one snapshot of the target's live tasks per spawn site.
+    Snapshot {
+        /// Write to FILE instead of standard output.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = SnapshotFormat::Json)]
+        format: SnapshotFormat,
+    },
+    /// Sample the target every interval and judge the task growth of each spawn site.
+    Watch(WatchArgs),
+    /// Compare two snapshot files site by site (like `go tool pprof -diff_base`).
+    Diff {
+        /// The earlier snapshot.
+        #[arg(value_name = "BASE.json")]
+        base: PathBuf,
+        /// The later snapshot.
+        #[arg(value_name = "NEW.json")]
+        new: PathBuf,
+        /// Print the diagtool.diff/v1 document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fetch a task dump: where every task is parked, grouped by spawn site and trace.
+    Dump {
+        /// Write to FILE instead of standard output.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Output format (folded stacks feed `diagtool flamegraph` or inferno).
+        #[arg(long, value_enum, default_value_t = DumpFormat::Json)]
+        format: DumpFormat,
+        /// How long the target may take to trace its tasks.
+        #[arg(long, value_name = "DUR", default_value = "10s")]
+        timeout: Dur,
+    },
+    /// Record a CPU profile of the target (gzipped pprof protobuf, readable by `go tool pprof`).
+    Profile {
+        /// Seconds to profile for (the target allows at most 60).
+        #[arg(long, value_name = "N", default_value_t = 30)]
+        seconds: u64,
+        /// Where to save the profile.
+        #[arg(
+            short,
+            long,
+            value_name = "FILE.pb.gz",
+            default_value = "profile.pb.gz"
+        )]
+        output: PathBuf,
+        /// Also draw the profile as an SVG flamegraph.
+        #[arg(long, value_name = "FILE.svg")]
+        flamegraph: Option<PathBuf>,
+    },
+    /// Draw an SVG flamegraph of where tasks are parked, from a dump JSON or folded stacks.
+    Flamegraph {
+        /// A diagtool.dump/v1 file, or folded stacks (`frame;frame count` per line).
+        #[arg(value_name = "INPUT")]
+        input: PathBuf,
+        /// The SVG to write.
+        #[arg(short, long, value_name = "OUT.svg")]
+        output: PathBuf,
+    },
+    /// Write a Markdown incident report (timeline, growth table, SVG chart, dump excerpts) from a
+    /// `watch --record DIR` recording.
+    Report {
+        /// The recording directory.
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+        /// The Markdown file to write [default: DIR/report.md]; the chart goes beside it.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+}
+
+/// `diagtool watch` flags.
+#[derive(Debug, clap::Args)]
+pub struct WatchArgs {
+    /// Time between samples.
+    #[arg(long, value_name = "DUR", default_value = "30s")]
+    pub interval: Dur,
+    /// Stop after DUR [default: until Ctrl-C].
+    #[arg(long, value_name = "DUR")]
+    pub duration: Option<Dur>,
+    /// Growth in tasks per minute below which a site is stable.
+    #[arg(long, value_name = "PER_MIN", default_value_t = crate::analysis::DEFAULT_THRESHOLD_PER_MIN)]
+    pub threshold: f64,
+    /// Keep every snapshot, the final summary and (on a leak) a task dump in DIR.
+    #[arg(long, value_name = "DIR")]
+    pub record: Option<PathBuf>,
+    /// Print the diagtool.watch/v1 document at the end (tables then go to standard error).
+    #[arg(long)]
+    pub json: bool,
+    /// Exit 1 when a site leaks.
+    #[arg(long)]
+    pub fail_on_leak: bool,
+    /// Rows in the growth table.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub top: usize,
+}
+
+/// `snapshot --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SnapshotFormat {
+    /// The diagtool.snapshot/v1 document as the target served it.
+    Json,
+    /// Readable text: process figures and a table of sites.
+    Text,
+}
+
+/// `dump --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DumpFormat {
+    /// The diagtool.dump/v1 document as the target served it.
+    Json,
+    /// Groups of identical traces, largest first.
+    Text,
+    /// Folded stacks, one line per group: `site;frame;...;leaf count`.
+    Folded,
+}
+
+/// An error the CLI classifies for its exit code; anything else is a usage or input error (2).
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The target did not answer (refused, timed out, or failing with 5xx): exit 3.
+    #[error("target {target} is unreachable: {reason}")]
+    Unreachable {
+        /// The target URL.
+        target: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The input (a flag, a file, the target's answer) is not usable: exit 2.
+    #[error("{0}")]
+    Input(String),
+}
+
+/// Runs the parsed command. `Ok` carries 0, or 1 when the check found a problem.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Diff { base, new, json } => commands::diff(&base, &new, json),
+        Command::Flamegraph { input, output } => dump::flamegraph(&input, &output),
+        Command::Report { dir, output } => report::report(&dir, output.as_deref()),
+        command => {
+            let client = Client::new(&cli.target, cli.token)?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
+            runtime.block_on(remote(client, command))
+        }
+    }
+}
+
+async fn remote(client: Client, command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Snapshot { output, format } => {
+            commands::snapshot(&client, output.as_deref(), format).await
+        }
+        Command::Watch(args) => watch::watch(&client, &args).await,
+        Command::Dump {
+            output,
+            format,
+            timeout,
+        } => dump::dump(&client, output.as_deref(), format, timeout.0).await,
+        Command::Profile {
+            seconds,
+            output,
+            flamegraph,
+        } => commands::profile(&client, seconds, &output, flamegraph.as_deref()).await,
+        Command::Diff { .. } | Command::Flamegraph { .. } | Command::Report { .. } => {
+            unreachable!("local commands run without a client")
+        }
+    }
+}
+
+/// The exit code for an error returned by [`run`]: 3 when the target was unreachable, else 2.
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    let unreachable = err.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<CliError>(),
+            Some(CliError::Unreachable { .. })
+        )
+    });
+    if unreachable { 3 } else { 2 }
+}
+
+/// True when the error is a closed pipe on our output (`diagtool dump | head`): not a failure.
+pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn exit_codes_follow_the_contract() {
+        let unreachable = anyhow::Error::new(CliError::Unreachable {
+            target: "t".into(),
+            reason: "r".into(),
+        })
+        .context("watching");
+        assert_eq!(exit_code(&unreachable), 3);
+        assert_eq!(
+            exit_code(&anyhow::Error::new(CliError::Input("bad".into()))),
+            2
+        );
+        assert_eq!(exit_code(&anyhow::anyhow!("anything else")), 2);
+        let pipe = anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+            .context("writing");
+        assert!(is_broken_pipe(&pipe));
+        assert!(!is_broken_pipe(&unreachable));
+    }
+
+    #[test]
+    fn watch_defaults_match_the_contract() {
+        let cli = Cli::try_parse_from(["diagtool", "watch"]).expect("parses");
+        let Command::Watch(args) = cli.command else {
+            panic!("not watch")
+        };
+        assert_eq!(args.interval.0, std::time::Duration::from_secs(30));
+        assert_eq!((args.duration, args.top, args.json), (None, 10, false));
+        assert!(Cli::try_parse_from(["diagtool", "watch", "--interval", "soon"]).is_err());
+    }
+}

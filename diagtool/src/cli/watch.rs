@@ -1,0 +1,376 @@
+//! `diagtool watch`: sample the target every interval, analyse, and show the growth table.
+//!
+//! On a terminal the table is redrawn in place under a header line (target, samples, span, total
+//! live, overall verdict); piped, each frame is appended. With `--json` the frames go to standard
+//! error and standard output carries only the final `diagtool.watch/v1` document. A failed sample is
+//! retried a few times within the interval and every failure is counted in `errors`; only a target
+//! that never answered ends the watch with exit 3. Ctrl-C ends the watch like `--duration` does:
+//! with the final summary. `--record DIR` keeps every snapshot, the summary and, the first time a
+//! leak shows, one task dump, which `diagtool report DIR` turns into a report.
+
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use comfy_table::ContentArrangement;
+
+use super::commands::{right_align, table};
+use super::fmt::{rate, secs};
+use super::{CliError, Client, WatchArgs};
+use crate::analysis::{Analysis, Options, analyze};
+use crate::model::{Overall, Snapshot, Verdict};
+
+/// Attempts per sample before it counts as missed.
+const ATTEMPTS: u32 = 3;
+/// Timeout of the dump fetched into a recording.
+const DUMP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Dump fetches tried at most, over the watch, for a recording.
+const DUMP_TRIES: u32 = 3;
+
+/// `diagtool watch`.
+pub(super) async fn watch(client: &Client, args: &WatchArgs) -> anyhow::Result<ExitCode> {
+    if !args.threshold.is_finite() || args.threshold < 0.0 {
+        return Err(CliError::Input(format!(
+            "--threshold {} is not a growth rate: give tasks per minute, 0 or more",
+            args.threshold
+        ))
+        .into());
+    }
+    let options = Options {
+        threshold_per_min: args.threshold,
+        ..Options::default()
+    };
+    let mut recorder = args.record.as_deref().map(Recorder::create).transpose()?;
+    let mut view = View::new(args.json, args.top, client.target());
+    let interval = args.interval.0;
+    // Samples at 0, interval, 2*interval, ... up to and including the duration.
+    let planned = args
+        .duration
+        .map(|d| (d.0.as_secs_f64() / interval.as_secs_f64() + 1e-6).floor() as u64 + 1);
+    let pause = (interval / 4).clamp(Duration::from_millis(50), Duration::from_secs(2));
+
+    let mut snaps: Vec<Snapshot> = Vec::new();
+    let mut errors = 0u64;
+    let mut last_error: Option<CliError> = None;
+    let mut dump_tries = 0u32;
+    let mut ticks = 0u64;
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            // No signal handling here: run until the duration ends.
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::pin!(ctrl_c);
+
+    loop {
+        tokio::select! {
+            () = &mut ctrl_c => break,
+            _ = ticker.tick() => {}
+        }
+        ticks += 1;
+        let outcome = tokio::select! {
+            () = &mut ctrl_c => break,
+            outcome = sample(client, pause) => outcome,
+        };
+        errors += u64::from(outcome.failures);
+        match outcome.result {
+            Ok((snap, text)) => {
+                if let Some(rec) = recorder.as_mut() {
+                    rec.save_snapshot(&text)?;
+                }
+                snaps.push(snap);
+            }
+            Err(err) if snaps.is_empty() => return Err(err.into()),
+            Err(err) => {
+                view.note(&format!(
+                    "sample {ticks} failed after {ATTEMPTS} attempts: {err}"
+                ))?;
+                last_error = Some(err);
+            }
+        }
+        let analysis = analyze(&snaps, &options);
+        view.frame(&analysis, errors, false)?;
+        if let Some(rec) = recorder.as_mut()
+            && analysis.verdict() == Overall::Leak
+            && !rec.has_dump
+            && dump_tries < DUMP_TRIES
+        {
+            dump_tries += 1;
+            let fetched = tokio::select! {
+                () = &mut ctrl_c => break,
+                fetched = client.dump(DUMP_TIMEOUT) => fetched,
+            };
+            match fetched {
+                Ok((_, text)) => rec.save_dump(&text)?,
+                Err(err) => view.note(&format!("task dump for the recording failed: {err}"))?,
+            }
+        }
+        if planned.is_some_and(|n| ticks >= n) {
+            break;
+        }
+    }
+
+    if snaps.is_empty() {
+        return Err(last_error
+            .unwrap_or_else(|| CliError::Unreachable {
+                target: client.target().to_owned(),
+                reason: "stopped before the first sample".to_owned(),
+            })
+            .into());
+    }
+    let analysis = analyze(&snaps, &options);
+    let summary = view.frame(&analysis, errors, true)?;
+    let report = analysis.to_report(client.target(), errors);
+    if let Some(rec) = recorder.as_ref() {
+        rec.save_summary(&report, &summary)?;
+    }
+    if args.json {
+        let json = serde_json::to_string(&report).context("cannot encode the watch document")?;
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "{json}")
+            .and_then(|()| stdout.flush())
+            .context("cannot write to standard output")?;
+    }
+    if args.fail_on_leak && report.verdict == Overall::Leak {
+        Ok(ExitCode::from(1))
+    } else {
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// What one sample produced: the snapshot (or the last error) and how many attempts failed.
+struct Outcome {
+    result: Result<(Snapshot, String), CliError>,
+    failures: u32,
+}
+
+/// Fetches a snapshot, retrying up to [`ATTEMPTS`] times with `pause` in between.
+async fn sample(client: &Client, pause: Duration) -> Outcome {
+    let mut failures = 0;
+    loop {
+        match client.snapshot().await {
+            Ok(found) => {
+                return Outcome {
+                    result: Ok(found),
+                    failures,
+                };
+            }
+            Err(err) => {
+                failures += 1;
+                if failures >= ATTEMPTS {
+                    return Outcome {
+                        result: Err(err),
+                        failures,
+                    };
+                }
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+}
+
+/// Where frames go and how: in place on a terminal, appended otherwise.
+struct View {
+    to_stderr: bool,
+    in_place: bool,
+    top: usize,
+    target: String,
+}
+
+impl View {
+    fn new(json: bool, top: usize, target: &str) -> Self {
+        let in_place = if json {
+            std::io::stderr().is_terminal()
+        } else {
+            std::io::stdout().is_terminal()
+        };
+        View {
+            to_stderr: json,
+            in_place,
+            top,
+            target: target.to_owned(),
+        }
+    }
+
+    fn write(&self, text: &str) -> anyhow::Result<()> {
+        let result = if self.to_stderr {
+            let mut err = std::io::stderr().lock();
+            err.write_all(text.as_bytes()).and_then(|()| err.flush())
+        } else {
+            let mut out = std::io::stdout().lock();
+            out.write_all(text.as_bytes()).and_then(|()| out.flush())
+        };
+        result.context("cannot write the growth table")
+    }
+
+    /// A one-line note between frames (a failed sample); kept visible under a redrawn table.
+    fn note(&self, text: &str) -> anyhow::Result<()> {
+        if self.in_place {
+            return Ok(());
+        }
+        self.write(&format!("note: {text}\n"))
+    }
+
+    /// Draws one frame and returns it without terminal control codes (for the recording).
+    fn frame(&mut self, analysis: &Analysis, errors: u64, last: bool) -> anyhow::Result<String> {
+        let text = render(
+            analysis,
+            &self.target,
+            errors,
+            self.top,
+            last,
+            self.in_place,
+        );
+        if self.in_place {
+            // Home and clear, then the new frame: a live view that keeps no stale rows.
+            self.write(&format!("\x1b[H\x1b[2J{text}"))?;
+        } else {
+            self.write(&format!("{text}\n"))?;
+        }
+        Ok(text)
+    }
+}
+
+/// The header line, the growth table (top `top` sites) and a line per leaking site saying why.
+pub(super) fn render(
+    analysis: &Analysis,
+    target: &str,
+    errors: u64,
+    top: usize,
+    last: bool,
+    tty: bool,
+) -> String {
+    let verdict = match analysis.verdict() {
+        Overall::Leak => "LEAK",
+        Overall::Ok => "ok",
+    };
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "{}{target}: {} samples over {}, {} live tasks ({:+}, {}/min), verdict {verdict}",
+        if last { "final: " } else { "" },
+        analysis.samples,
+        secs(analysis.span_s),
+        analysis.total.last,
+        analysis.total.last as i64 - analysis.total.first as i64,
+        rate(analysis.total.growth_per_min),
+    );
+    if errors > 0 {
+        let _ = write!(out, ", {errors} failed attempts");
+    }
+    if let Some(restart) = analysis.restarts.last() {
+        let _ = write!(
+            out,
+            "\nthe target restarted before sample {} (uptime {}); analysing the {} samples since",
+            restart.sample + 1,
+            secs(restart.uptime_s),
+            analysis.analysed
+        );
+    }
+    out.push('\n');
+    let mut t = table(&[
+        "spawn site",
+        "live",
+        "delta since first",
+        "growth/min",
+        "step pattern",
+        "oldest age",
+        "verdict",
+    ]);
+    if tty {
+        t.set_content_arrangement(ContentArrangement::Dynamic);
+    } else {
+        t.force_no_tty();
+    }
+    for s in analysis.sites.iter().take(top) {
+        let r = &s.row;
+        t.add_row(vec![
+            r.site.clone(),
+            r.live.to_string(),
+            format!("{:+}", r.delta),
+            rate(r.growth_per_min),
+            r.step
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), ToString::to_string),
+            secs(r.oldest_age_s),
+            r.verdict.to_string(),
+        ]);
+    }
+    right_align(&mut t, &[1, 2, 3, 5]);
+    out.push_str(&t.to_string());
+    out.push('\n');
+    if analysis.sites.len() > top {
+        let _ = writeln!(out, "... and {} more sites", analysis.sites.len() - top);
+    }
+    for s in analysis
+        .sites
+        .iter()
+        .filter(|s| s.row.verdict == Verdict::Leak)
+    {
+        let _ = writeln!(out, "leak at {}: {}", s.row.site, s.why);
+    }
+    out
+}
+
+/// The `--record DIR` files: `snapshot-NNNNNN.json` per sample, `dump.json`, `summary.json`,
+/// `summary.txt`.
+#[derive(Debug)]
+pub(super) struct Recorder {
+    dir: PathBuf,
+    next: u64,
+    has_dump: bool,
+}
+
+/// The file name of the `index`th (1-based) snapshot of a recording.
+pub(super) fn snapshot_file(index: u64) -> String {
+    format!("snapshot-{index:06}.json")
+}
+
+impl Recorder {
+    fn create(dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            CliError::Input(format!("cannot create --record {}: {e}", dir.display()))
+        })?;
+        if dir.join(snapshot_file(1)).exists() {
+            return Err(CliError::Input(format!(
+                "--record {} already holds a recording: give a new directory",
+                dir.display()
+            ))
+            .into());
+        }
+        Ok(Recorder {
+            dir: dir.to_owned(),
+            next: 1,
+            has_dump: false,
+        })
+    }
+
+    fn write(&self, name: &str, data: &str) -> anyhow::Result<()> {
+        let path = self.dir.join(name);
+        std::fs::write(&path, data).with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    fn save_snapshot(&mut self, text: &str) -> anyhow::Result<()> {
+        self.write(&snapshot_file(self.next), text)?;
+        self.next += 1;
+        Ok(())
+    }
+
+    fn save_dump(&mut self, text: &str) -> anyhow::Result<()> {
+        self.write("dump.json", text)?;
+        self.has_dump = true;
+        Ok(())
+    }
+
+    fn save_summary(&self, report: &crate::model::WatchReport, table: &str) -> anyhow::Result<()> {
+        let json =
+            serde_json::to_string_pretty(report).context("cannot encode the watch document")?;
+        self.write("summary.json", &format!("{json}\n"))?;
+        self.write("summary.txt", table)
+    }
+}

@@ -1,0 +1,367 @@
+//! Task dumps: where every task is parked, joined to its spawn site.
+//!
+//! [`Dumper::dump`] asks tokio for `Handle::dump()` under a timeout (a blocked worker can stall a
+//! dump forever), one dump at a time, then turns each task's trace into frames and joins task ids
+//! to the registry (dump ids are `TaskMeta::id()`s). Symbolising costs about 14 us per frame set,
+//! so tasks are grouped by their raw, unresolved trace first and only one trace per group is
+//! resolved, on a blocking thread.
+//!
+//! The same dump feeds three renderings: the JSON document ([`crate::model::Dump`]), Go-style
+//! text ([`render_text`], `debug=1` grouped and `debug=2` per task) and a pprof task profile
+//! ([`to_pprof`], a sample per distinct trace valued by its task count).
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::runtime::Handle;
+use tokio::task::Id;
+
+use super::TaskRegistry;
+use super::registry::{LiveTask, short_path};
+use super::snapshot::{round_ms, task_id_u64, unix_ms};
+use crate::model::{DUMP_SCHEMA, Dump, DumpGroup, DumpTask};
+use crate::pprof::{Frame, ProfileBuilder};
+
+/// The site shown for a task the registry never saw spawn.
+pub const UNKNOWN_SITE: &str = "<unknown>";
+
+/// Why a dump failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DumpError {
+    /// The runtime did not answer in time (a worker is blocked, or another dump held the slot).
+    #[error(
+        "the runtime could not be traced within {0:?}; a worker may be blocked: retry with a larger timeout_ms"
+    )]
+    Timeout(Duration),
+    /// The blocking thread resolving symbols failed.
+    #[error("resolving the traces failed: {0}")]
+    Resolve(String),
+}
+
+/// Takes task dumps of one runtime, one at a time.
+///
+/// # Examples
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use std::time::Duration;
+/// let registry = diagtool::probe::TaskRegistry::new();
+/// let dumper = diagtool::probe::Dumper::new(registry);
+/// let dump = dumper.dump(&tokio::runtime::Handle::current(), Duration::from_secs(5)).await.unwrap();
+/// assert_eq!(dump.schema, "diagtool.dump/v1");
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Dumper {
+    registry: TaskRegistry,
+    slot: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Dumper {
+    /// A dumper joining traces to `registry`.
+    pub fn new(registry: TaskRegistry) -> Self {
+        Dumper {
+            registry,
+            slot: Arc::new(tokio::sync::Mutex::new(())),
+        }
+    }
+
+    /// Dumps every task of the runtime behind `handle`. Waiting for a dump already running counts
+    /// against `timeout`, and so does the dump itself; symbolising comes after and is not bounded
+    /// (it only reads this binary's debug info).
+    pub async fn dump(&self, handle: &Handle, timeout: Duration) -> Result<Dump, DumpError> {
+        let traced = tokio::time::timeout(timeout, async {
+            let _slot = self.slot.lock().await;
+            handle.dump().await
+        })
+        .await
+        .map_err(|_| DumpError::Timeout(timeout))?;
+        let live: HashMap<Id, LiveTask> = self
+            .registry
+            .live_tasks()
+            .into_iter()
+            .map(|task| (task.id, task))
+            .collect();
+        let taken_at_ms = unix_ms();
+        tokio::task::spawn_blocking(move || build(&traced, &live, taken_at_ms))
+            .await
+            .map_err(|err| DumpError::Resolve(err.to_string()))
+    }
+}
+
+/// Groups raw traces, resolves one per group and joins tasks to the registry.
+fn build(traced: &tokio::runtime::Dump, live: &HashMap<Id, LiveTask>, taken_at_ms: u64) -> Dump {
+    // The Debug text of an unresolved trace is its list of instruction addresses: a cheap,
+    // exact key for "same trace" that needs no symbols.
+    let mut by_raw: HashMap<String, usize> = HashMap::new();
+    let mut resolved: Vec<Vec<String>> = Vec::new();
+    let mut tasks = Vec::new();
+    for task in traced.tasks().iter() {
+        let raw = format!("{:?}", task.trace());
+        let index = *by_raw.entry(raw).or_insert_with(|| {
+            resolved.push(frames(task.trace()));
+            resolved.len() - 1
+        });
+        let known = live.get(&task.id());
+        tasks.push(DumpTask {
+            id: task_id_u64(task.id()),
+            site: known.map_or_else(|| UNKNOWN_SITE.to_owned(), |t| t.site.clone()),
+            name: known.and_then(|t| t.name.clone()),
+            age_s: known.map_or(0.0, |t| round_ms(t.age_s)),
+            trace: resolved[index].clone(),
+        });
+    }
+    tasks.sort_by_key(|task| task.id);
+    Dump {
+        schema: DUMP_SCHEMA.to_owned(),
+        taken_at_ms,
+        groups: group(&tasks),
+        tasks,
+    }
+}
+
+/// Groups tasks by identical site and trace, largest group first (ties by site, then trace).
+pub fn group(tasks: &[DumpTask]) -> Vec<DumpGroup> {
+    let mut counts: HashMap<(&str, &[String]), u64> = HashMap::new();
+    for task in tasks {
+        *counts
+            .entry((task.site.as_str(), task.trace.as_slice()))
+            .or_insert(0) += 1;
+    }
+    let mut groups: Vec<DumpGroup> = counts
+        .into_iter()
+        .map(|((site, trace), count)| DumpGroup {
+            count,
+            site: site.to_owned(),
+            trace: trace.to_vec(),
+        })
+        .collect();
+    groups.sort_by(|a, b| {
+        b.count
+            .cmp(&a.count)
+            .then_with(|| a.site.cmp(&b.site))
+            .then_with(|| a.trace.cmp(&b.trace))
+    });
+    groups
+}
+
+/// Frames of tokio's tracing machinery, dropped from traces: they are the same in every trace
+/// and say nothing about where the task waits.
+const NOISE_PREFIXES: &[&str] = &[
+    "backtrace::",
+    "tokio::runtime::task::trace::",
+    "<tokio::runtime::task::trace::",
+    "tokio::runtime::context::",
+    "std::thread::local::",
+    "core::ops::function::",
+    "tokio::loom::std::",
+    "core::cell::",
+];
+
+/// One trace as frames, outermost first, each `function at file:line` (the file shortened).
+/// tokio gives one backtrace per leaf future polled (several under `join!`); a later backtrace
+/// adds only the frames past its common prefix with the one before, so shared callers show once.
+pub fn frames(trace: &tokio::runtime::dump::Trace) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut previous: Vec<String> = Vec::new();
+    for backtrace in trace.resolve_backtraces() {
+        // Frames come innermost first; a frame holds its inlined symbols innermost first too.
+        let mut stack: Vec<String> = Vec::new();
+        for frame in backtrace.frames() {
+            for symbol in frame.symbols() {
+                let Some(name) = symbol.name_demangled() else {
+                    continue;
+                };
+                let name = strip_hash(name);
+                if NOISE_PREFIXES.iter().any(|prefix| name.starts_with(prefix)) {
+                    continue;
+                }
+                let text = match (symbol.filename(), symbol.lineno()) {
+                    (Some(file), Some(line)) => {
+                        format!("{name} at {}:{line}", frame_path(&file.to_string_lossy()))
+                    }
+                    _ => name.to_owned(),
+                };
+                stack.push(text);
+            }
+        }
+        stack.reverse();
+        let shared = stack
+            .iter()
+            .zip(&previous)
+            .take_while(|(a, b)| a == b)
+            .count();
+        out.extend(stack[shared..].iter().cloned());
+        previous = stack;
+    }
+    out
+}
+
+/// Debug info names files by absolute path; show workspace files relative (to the current
+/// directory, else to the workspace this crate was built in) and dependencies as `crate-version/...`.
+fn frame_path(path: &str) -> String {
+    let short = short_path(path);
+    if !short.starts_with('/') {
+        return short.into_owned();
+    }
+    let build_root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent();
+    let cwd = std::env::current_dir().ok();
+    for root in [build_root, cwd.as_deref()].into_iter().flatten() {
+        if let Ok(rest) = std::path::Path::new(path).strip_prefix(root) {
+            return rest.to_string_lossy().into_owned();
+        }
+    }
+    short.into_owned()
+}
+
+/// Drops the `::h0123456789abcdef` suffix of a legacy-mangled symbol.
+fn strip_hash(name: &str) -> &str {
+    match name.rsplit_once("::h") {
+        Some((head, hash)) if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            head
+        }
+        _ => name,
+    }
+}
+
+/// Splits `function at file:line` into a pprof frame.
+fn pprof_frame(text: &str) -> Frame {
+    if let Some((function, place)) = text.rsplit_once(" at ") {
+        if let Some((file, line)) = place.rsplit_once(':') {
+            if let Ok(line) = line.parse() {
+                return Frame::at(function, file, line);
+            }
+        }
+    }
+    Frame::named(text)
+}
+
+/// The dump as a gzipped pprof task profile (`debug=0`): one sample per group, valued by its task
+/// count (`tasks/count`), with the spawn site as the root frame so `go tool pprof` splits by site.
+pub fn to_pprof(dump: &Dump) -> Vec<u8> {
+    let mut builder = ProfileBuilder::new(&[("tasks", "count")])
+        .timing((dump.taken_at_ms as i64).saturating_mul(1_000_000), 0);
+    for group in &dump.groups {
+        let mut stack = vec![Frame::named(format!("spawned at {}", group.site))];
+        stack.extend(group.trace.iter().map(|frame| pprof_frame(frame)));
+        builder.add(&stack, &[group.count as i64]);
+    }
+    builder.encode_gzip()
+}
+
+/// The dump as Go-style text: `debug=1` (or less) groups identical traces, largest first, each
+/// headed by its count and spawn site; `debug=2` (or more) prints one block per task.
+pub fn render_text(dump: &Dump, debug: u8) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "task dump: {} tasks in {} groups, taken at {} ms",
+        dump.tasks.len(),
+        dump.groups.len(),
+        dump.taken_at_ms
+    );
+    if debug >= 2 {
+        for task in &dump.tasks {
+            let name = task
+                .name
+                .as_deref()
+                .map(|n| format!(" \"{n}\""))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "\ntask {}{name} [age {:.1}s]: spawned at {}",
+                task.id, task.age_s, task.site
+            );
+            write_trace(&mut out, &task.trace);
+        }
+    } else {
+        for group in &dump.groups {
+            let _ = writeln!(out, "\n{} @ {}", group.count, group.site);
+            write_trace(&mut out, &group.trace);
+        }
+    }
+    out
+}
+
+/// Leaf first, like Go's goroutine dump.
+fn write_trace(out: &mut String, trace: &[String]) {
+    if trace.is_empty() {
+        let _ = writeln!(
+            out,
+            "#\t(no trace: the task was not parked on a tokio resource)"
+        );
+    }
+    for frame in trace.iter().rev() {
+        let _ = writeln!(out, "#\t{frame}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(id: u64, site: &str, trace: &[&str]) -> DumpTask {
+        DumpTask {
+            id,
+            site: site.to_owned(),
+            name: None,
+            age_s: 1.0,
+            trace: trace.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn groups_are_by_site_and_trace_largest_first() {
+        let tasks = vec![
+            task(1, "a.rs:1:1", &["f", "g"]),
+            task(2, "b.rs:1:1", &["f", "g"]),
+            task(3, "b.rs:1:1", &["f", "g"]),
+            task(4, "a.rs:1:1", &["f", "h"]),
+        ];
+        let groups = group(&tasks);
+        assert_eq!(groups.len(), 3);
+        assert_eq!(groups[0].count, 2);
+        assert_eq!(groups[0].site, "b.rs:1:1");
+        assert_eq!(groups.iter().map(|g| g.count).sum::<u64>(), 4);
+    }
+
+    #[test]
+    fn hashes_and_frame_places_parse() {
+        assert_eq!(strip_hash("app::park::h0123456789abcdef"), "app::park");
+        assert_eq!(strip_hash("app::hello"), "app::hello");
+        assert_eq!(
+            pprof_frame("app::park::{{closure}} at app/src/lib.rs:12"),
+            Frame::at("app::park::{{closure}}", "app/src/lib.rs", 12)
+        );
+        assert_eq!(pprof_frame("app::park"), Frame::named("app::park"));
+    }
+
+    #[test]
+    fn pprof_task_profile_counts_tasks_per_trace() {
+        let tasks = vec![
+            task(1, "a.rs:1:1", &["f at a.rs:3", "g at a.rs:9"]),
+            task(2, "a.rs:1:1", &["f at a.rs:3", "g at a.rs:9"]),
+            task(3, "b.rs:2:2", &["h"]),
+        ];
+        let dump = Dump {
+            schema: DUMP_SCHEMA.to_owned(),
+            taken_at_ms: 5,
+            groups: group(&tasks),
+            tasks,
+        };
+        let profile = crate::pprof::decode(&to_pprof(&dump)).expect("decodes");
+        assert_eq!(
+            crate::pprof::to_folded(&profile),
+            "spawned at a.rs:1:1;f;g 2\nspawned at b.rs:2:2;h 1\n"
+        );
+        let text = render_text(&dump, 1);
+        assert!(
+            text.contains("\n2 @ a.rs:1:1\n#\tg at a.rs:9\n#\tf at a.rs:3\n"),
+            "{text}"
+        );
+        let text = render_text(&dump, 2);
+        assert_eq!(text.matches("\ntask ").count(), 3, "{text}");
+    }
+}

@@ -1,0 +1,368 @@
+//! The embedded probe (feature `probe`): makes a tokio service diagnosable.
+//!
+//! A [`Probe`] keeps live tasks by spawn site (runtime hooks feeding a [`TaskRegistry`]), takes task
+//! dumps and CPU profiles, and serves them under `/debug/` ([`router`]). It is cheap enough to stay
+//! on in production (a few percent per spawn+join); tokio-console ([`console`]) is the expensive,
+//! opt-in extra.
+//!
+//! Adopting it takes one line on the runtime builder and one spawned server:
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut runtime = tokio::runtime::Builder::new_multi_thread();
+//! let probe = diagtool::probe::Probe::builder("shipper").with_default_env()?.install(&mut runtime)?;
+//! runtime.enable_all().build()?.block_on(async {
+//!     let cancel = tokio_util::sync::CancellationToken::new();
+//!     let server = diagtool::probe::spawn_named("debug-server", probe.clone().serve(cancel.clone()));
+//!     // ... the service runs; at shutdown:
+//!     cancel.cancel();
+//!     server.await?.map_err(Into::into)
+//! })
+//! # }
+//! ```
+//! A host with its own HTTP server takes the parts instead ([`Probe::into_parts`]) and mounts the
+//! router itself. Spawn long-lived tasks through [`spawn_named`] so they carry a name and keep
+//! their own frames in release-build dumps.
+//!
+//! Invariant: `/debug/*` never binds a non-loopback address without a bearer token
+//! ([`check_bind`]).
+
+pub mod console;
+pub mod cpu;
+pub mod dump;
+pub mod process;
+pub mod registry;
+pub mod router;
+pub mod runtime;
+pub mod snapshot;
+pub mod spawn;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub use dump::{DumpError, Dumper};
+pub use process::process_stats;
+pub use registry::{LiveTask, SiteCounts, TaskRegistry, Totals, format_site, short_path};
+pub use router::{check_bind, router, serve};
+pub use runtime::{record_metrics, runtime_stats};
+pub use spawn::{Traced, spawn_named, spawn_named_in, spawn_named_on, traced};
+
+/// Default debug address: loopback only.
+pub const DEFAULT_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 6060);
+/// Default time a task dump may take before the request gets 503.
+pub const DEFAULT_DUMP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest dump timeout a request may ask for (`timeout_ms`).
+pub const MAX_DUMP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default CPU sampling frequency, in Hz.
+pub const DEFAULT_CPU_FREQUENCY_HZ: i32 = cpu::DEFAULT_FREQUENCY_HZ;
+
+/// Environment variable read by [`ProbeBuilder::with_default_env`] for the debug address.
+pub const ENV_ADDR: &str = "DIAGTOOL_PROBE_ADDR";
+/// Environment variable for the bearer token.
+pub const ENV_TOKEN: &str = "DIAGTOOL_PROBE_TOKEN";
+/// Environment variable for the default dump timeout, in milliseconds.
+pub const ENV_DUMP_TIMEOUT_MS: &str = "DIAGTOOL_PROBE_DUMP_TIMEOUT_MS";
+
+/// A probe misconfigured or unable to serve.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// A non-loopback address without a token would expose dumps and profiles to the network.
+    #[error(
+        "refusing to serve /debug on non-loopback address {0} without a token: set a debug token, or bind 127.0.0.1"
+    )]
+    InsecureBind(SocketAddr),
+    /// An environment variable holds a bad value.
+    #[error("{var}={value:?} is invalid: {reason}")]
+    BadEnv {
+        /// The variable.
+        var: &'static str,
+        /// Its value.
+        value: String,
+        /// What is expected.
+        reason: &'static str,
+    },
+    /// A setting holds a bad value.
+    #[error("{0}")]
+    BadSetting(String),
+    /// Binding or serving failed.
+    #[error("the debug server on {addr} failed: {source}")]
+    Io {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Configures a [`Probe`]; every setting has a named default.
+///
+/// # Examples
+/// ```
+/// use diagtool::probe::Probe;
+/// let mut runtime = tokio::runtime::Builder::new_current_thread();
+/// let probe = Probe::builder("demo")
+///     .addr("127.0.0.1:0".parse().unwrap())
+///     .install(&mut runtime)
+///     .unwrap();
+/// assert_eq!(probe.service(), "demo");
+/// ```
+#[derive(Debug, Clone)]
+pub struct ProbeBuilder {
+    service: String,
+    addr: SocketAddr,
+    token: Option<String>,
+    dump_timeout: Duration,
+    cpu_frequency_hz: i32,
+}
+
+impl ProbeBuilder {
+    /// A builder for the service `service` (shown in snapshots), with every default.
+    pub fn new(service: impl Into<String>) -> Self {
+        ProbeBuilder {
+            service: service.into(),
+            addr: DEFAULT_ADDR,
+            token: None,
+            dump_timeout: DEFAULT_DUMP_TIMEOUT,
+            cpu_frequency_hz: DEFAULT_CPU_FREQUENCY_HZ,
+        }
+    }
+
+    /// The debug address [`Probe::serve`] binds. Default [`DEFAULT_ADDR`] (127.0.0.1:6060);
+    /// env [`ENV_ADDR`]. A non-loopback address needs a token.
+    pub fn addr(mut self, addr: SocketAddr) -> Self {
+        self.addr = addr;
+        self
+    }
+
+    /// The bearer token every `/debug` request must carry (`Authorization: Bearer TOKEN`).
+    /// Default none (no check, loopback only); env [`ENV_TOKEN`]. An empty token means none.
+    pub fn token(mut self, token: Option<String>) -> Self {
+        self.token = token.filter(|t| !t.is_empty());
+        self
+    }
+
+    /// How long a dump may take when the request names no `timeout_ms`. Default
+    /// [`DEFAULT_DUMP_TIMEOUT`] (5 s), at most [`MAX_DUMP_TIMEOUT`]; env [`ENV_DUMP_TIMEOUT_MS`].
+    pub fn dump_timeout(mut self, timeout: Duration) -> Self {
+        self.dump_timeout = timeout;
+        self
+    }
+
+    /// CPU sampling frequency. Default [`DEFAULT_CPU_FREQUENCY_HZ`] (99 Hz), 1 to 1000.
+    pub fn cpu_frequency_hz(mut self, hz: i32) -> Self {
+        self.cpu_frequency_hz = hz;
+        self
+    }
+
+    /// Overrides settings from the environment ([`ENV_ADDR`], [`ENV_TOKEN`],
+    /// [`ENV_DUMP_TIMEOUT_MS`]); the only place the probe reads the environment.
+    pub fn with_default_env(self) -> Result<Self, ProbeError> {
+        self.with_env(|var| std::env::var(var).ok())
+    }
+
+    fn with_env(mut self, get: impl Fn(&str) -> Option<String>) -> Result<Self, ProbeError> {
+        if let Some(value) = get(ENV_ADDR) {
+            self.addr = value.parse().map_err(|_| ProbeError::BadEnv {
+                var: ENV_ADDR,
+                value: value.clone(),
+                reason: "expected HOST:PORT with an IP, such as 127.0.0.1:6060",
+            })?;
+        }
+        if let Some(value) = get(ENV_TOKEN) {
+            self = self.token(Some(value));
+        }
+        if let Some(value) = get(ENV_DUMP_TIMEOUT_MS) {
+            let ms: u64 = value.parse().map_err(|_| ProbeError::BadEnv {
+                var: ENV_DUMP_TIMEOUT_MS,
+                value: value.clone(),
+                reason: "expected milliseconds, such as 5000",
+            })?;
+            self.dump_timeout = Duration::from_millis(ms);
+        }
+        Ok(self)
+    }
+
+    /// Checks the settings, installs the task hooks on `runtime` and returns the probe.
+    pub fn install(self, runtime: &mut tokio::runtime::Builder) -> Result<Probe, ProbeError> {
+        let registry = TaskRegistry::new();
+        registry.hook(runtime);
+        self.with_registry(registry)
+    }
+
+    /// Checks the settings and returns a probe over an existing registry (already hooked).
+    pub fn with_registry(self, registry: TaskRegistry) -> Result<Probe, ProbeError> {
+        check_bind(self.addr, self.token.as_deref())?;
+        if self.dump_timeout.is_zero() || self.dump_timeout > MAX_DUMP_TIMEOUT {
+            return Err(ProbeError::BadSetting(format!(
+                "dump timeout {:?} is out of range: use 1 ms to {:?}",
+                self.dump_timeout, MAX_DUMP_TIMEOUT
+            )));
+        }
+        if !(1..=1000).contains(&self.cpu_frequency_hz) {
+            return Err(ProbeError::BadSetting(format!(
+                "cpu frequency {} Hz is out of range: use 1 to 1000",
+                self.cpu_frequency_hz
+            )));
+        }
+        Ok(Probe {
+            dumper: Dumper::new(registry.clone()),
+            registry,
+            service: self.service.into(),
+            addr: self.addr,
+            token: self.token.map(Into::into),
+            dump_timeout: self.dump_timeout,
+            cpu_frequency_hz: self.cpu_frequency_hz,
+        })
+    }
+}
+
+/// The probe: a cheap-clone handle on the registry, the dumper and the settings.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    registry: TaskRegistry,
+    dumper: Dumper,
+    service: std::sync::Arc<str>,
+    addr: SocketAddr,
+    token: Option<std::sync::Arc<str>>,
+    dump_timeout: Duration,
+    cpu_frequency_hz: i32,
+}
+
+/// What a host embeds when it serves the router itself (see [`Probe::into_parts`]).
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct ProbeParts {
+    /// The router serving `/debug/*`, with the token check already layered.
+    pub router: axum::Router,
+    /// The registry, for `/metrics` ([`record_metrics`]) and health checks.
+    pub registry: TaskRegistry,
+    /// The configured debug address.
+    pub addr: SocketAddr,
+    /// The probe itself.
+    pub probe: Probe,
+}
+
+impl Probe {
+    /// A builder with every default (see [`ProbeBuilder`]).
+    pub fn builder(service: impl Into<String>) -> ProbeBuilder {
+        ProbeBuilder::new(service)
+    }
+
+    /// The task registry.
+    pub fn registry(&self) -> &TaskRegistry {
+        &self.registry
+    }
+
+    /// The service name.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// The configured debug address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The bearer token, when one is configured.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// The default dump timeout.
+    pub fn dump_timeout(&self) -> Duration {
+        self.dump_timeout
+    }
+
+    /// The CPU sampling frequency.
+    pub fn cpu_frequency_hz(&self) -> i32 {
+        self.cpu_frequency_hz
+    }
+
+    /// The dumper.
+    pub fn dumper(&self) -> &Dumper {
+        &self.dumper
+    }
+
+    /// A snapshot now (runtime figures from the current runtime, when there is one).
+    pub fn snapshot(&self, detail: bool) -> crate::model::Snapshot {
+        let handle = tokio::runtime::Handle::try_current().ok();
+        snapshot::take(&self.registry, &self.service, handle.as_ref(), detail)
+    }
+
+    /// The router and the rest, for a host that serves `/debug/*` itself.
+    pub fn into_parts(self) -> ProbeParts {
+        ProbeParts {
+            router: router(self.clone()),
+            registry: self.registry.clone(),
+            addr: self.addr,
+            probe: self,
+        }
+    }
+
+    /// Binds the configured address and serves `/debug/*` until `shutdown` fires.
+    pub async fn serve(
+        self,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Result<(), ProbeError> {
+        let addr = self.addr;
+        serve(self, addr, shutdown).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_and_bad_values_are_errors() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |var: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == var)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        let builder = ProbeBuilder::new("s")
+            .with_env(env(&[
+                (ENV_ADDR, "127.0.0.1:7070"),
+                (ENV_TOKEN, "t0k"),
+                (ENV_DUMP_TIMEOUT_MS, "1500"),
+            ]))
+            .expect("valid env");
+        assert_eq!(builder.addr, "127.0.0.1:7070".parse().expect("addr"));
+        assert_eq!(builder.token.as_deref(), Some("t0k"));
+        assert_eq!(builder.dump_timeout, Duration::from_millis(1500));
+
+        let err = ProbeBuilder::new("s")
+            .with_env(env(&[(ENV_ADDR, "localhost")]))
+            .expect_err("bad addr");
+        assert!(err.to_string().contains("\"localhost\""), "{err}");
+        let err = ProbeBuilder::new("s")
+            .with_env(env(&[(ENV_DUMP_TIMEOUT_MS, "5s")]))
+            .expect_err("bad timeout");
+        assert!(err.to_string().contains(ENV_DUMP_TIMEOUT_MS), "{err}");
+    }
+
+    #[test]
+    fn non_loopback_without_token_is_refused_at_install() {
+        let mut runtime = tokio::runtime::Builder::new_current_thread();
+        let err = Probe::builder("s")
+            .addr("0.0.0.0:6060".parse().expect("addr"))
+            .install(&mut runtime)
+            .expect_err("refused");
+        assert!(matches!(err, ProbeError::InsecureBind(_)), "{err}");
+        assert!(err.to_string().contains("0.0.0.0:6060"));
+        Probe::builder("s")
+            .addr("0.0.0.0:6060".parse().expect("addr"))
+            .token(Some("secret".to_owned()))
+            .install(&mut runtime)
+            .expect("with a token it is allowed");
+        let err = Probe::builder("s")
+            .dump_timeout(Duration::ZERO)
+            .install(&mut runtime)
+            .expect_err("zero timeout");
+        assert!(matches!(err, ProbeError::BadSetting(_)));
+    }
+}

@@ -1,0 +1,535 @@
+//! The task registry: live tasks grouped by spawn site, fed by tokio's runtime hooks.
+//!
+//! [`TaskRegistry::install`] puts two hooks on a `tokio::runtime::Builder`: `on_task_spawn` records
+//! the task's id, spawn site (`TaskMeta::spawned_at()`), spawn time and optional name;
+//! `on_task_terminate` forgets it. The registry is meant to stay on in production, so the hooks
+//! are cheap:
+//! - a site is interned once per registry (a `Site` with atomic counters); each worker thread keeps
+//!   a private cache from the `&'static Location` to its `Site`, so the spawn path takes no shared
+//!   lock to find it;
+//! - live tasks sit in [`SHARDS`] small maps sharded by task id, each behind its own mutex, so two
+//!   workers rarely meet on one lock; entries hold no allocation unless the task has a name;
+//! - spawn times come from the coarse monotonic clock (a few ns, millisecond resolution: ages are
+//!   reported in seconds).
+//!
+//! Invariants: a terminate counts only for an id seen spawning (tokio also fires it for
+//! `spawn_blocking` tasks and for its own workers at shutdown, which never fired spawn), so per
+//! site `spawned - terminated` is exactly the number of live entries of that site.
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::panic::Location;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use tokio::task::Id;
+
+/// The number of shards of the live-task map.
+pub const SHARDS: usize = 64;
+
+/// A multiplicative hasher for task ids and pointers: both are already well spread integers.
+#[derive(Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x517c_c1b7_2722_0a95);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+
+/// One spawn site's counters.
+#[derive(Debug)]
+struct Site {
+    location: &'static Location<'static>,
+    spawned: AtomicU64,
+    terminated: AtomicU64,
+    /// Distinct names seen here, at most [`MAX_NAMES_PER_SITE`]; touched only by named spawns.
+    names: Mutex<Vec<Cow<'static, str>>>,
+}
+
+/// How many distinct task names a site remembers (names are meant to be few per site).
+pub const MAX_NAMES_PER_SITE: usize = 16;
+
+impl Site {
+    fn remember(&self, name: &Cow<'static, str>) {
+        let mut names = lock(&self.names);
+        if names.len() < MAX_NAMES_PER_SITE && !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
+}
+
+/// A live task as the shard map keeps it.
+#[derive(Debug)]
+struct Entry {
+    site: &'static Location<'static>,
+    born_ns: u64,
+    name: Option<Cow<'static, str>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Distinguishes registries in the per-thread site caches.
+    key: u64,
+    started_ns: u64,
+    sites: Mutex<FastMap<usize, Arc<Site>>>,
+    shards: Box<[Mutex<FastMap<Id, Entry>>]>,
+}
+
+/// A cheap-clone handle on the live tasks of the runtimes it was installed on.
+///
+/// # Examples
+/// ```
+/// let mut builder = tokio::runtime::Builder::new_multi_thread();
+/// let registry = diagtool::probe::TaskRegistry::install(&mut builder);
+/// let runtime = builder.worker_threads(1).build().unwrap();
+/// runtime.block_on(async {
+///     tokio::spawn(std::future::pending::<()>());
+/// });
+/// assert_eq!(registry.totals().live, 1);
+/// ```
+#[derive(Debug, Clone)]
+pub struct TaskRegistry {
+    inner: Arc<Inner>,
+}
+
+/// The counters of one spawn site at one moment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SiteCounts {
+    /// `path:line:col`, shortened (see [`short_path`]).
+    pub site: String,
+    /// Tasks spawned here since the registry started.
+    pub spawned: u64,
+    /// Tasks from here that ended.
+    pub terminated: u64,
+}
+
+impl SiteCounts {
+    /// Tasks from this site alive now.
+    pub fn live(&self) -> u64 {
+        self.spawned.saturating_sub(self.terminated)
+    }
+}
+
+/// One live task at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveTask {
+    /// tokio's task id.
+    pub id: Id,
+    /// The spawn site, shortened.
+    pub site: String,
+    /// The task's name, when spawned through [`spawn_named`](super::spawn_named).
+    pub name: Option<String>,
+    /// Seconds since the task was spawned.
+    pub age_s: f64,
+}
+
+/// Totals over all sites.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Tasks alive now.
+    pub live: u64,
+    /// Tasks spawned since the registry started.
+    pub spawned: u64,
+    /// Tasks that ended since the registry started.
+    pub terminated: u64,
+}
+
+thread_local! {
+    /// This thread's view of one registry's sites: (registry key, location address -> site).
+    static SITE_CACHE: RefCell<(u64, FastMap<usize, Arc<Site>>)> =
+        RefCell::new((0, FastMap::default()));
+    /// A name waiting for the next spawn on this thread (set by `spawn_named`).
+    static PENDING_NAME: RefCell<Option<Cow<'static, str>>> = const { RefCell::new(None) };
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a shard lock leaves plain data behind; keep counting.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Nanoseconds on the coarse monotonic clock (resolution of a scheduler tick, a few ns to read).
+pub(crate) fn coarse_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC_COARSE exists on every Linux.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+/// Names the next task spawned on this thread, if it is spawned on a runtime with a registry.
+pub(crate) fn set_pending_name(name: Cow<'static, str>) {
+    let _ = PENDING_NAME.try_with(|slot| {
+        if let Ok(mut slot) = slot.try_borrow_mut() {
+            *slot = Some(name);
+        }
+    });
+}
+
+/// Drops a name that no spawn consumed (the runtime had no registry).
+pub(crate) fn clear_pending_name() {
+    let _ = PENDING_NAME.try_with(|slot| slot.try_borrow_mut().map(|mut slot| slot.take()));
+}
+
+impl Default for TaskRegistry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TaskRegistry {
+    /// An empty registry, not yet fed by any runtime (see [`TaskRegistry::hook`]).
+    pub fn new() -> Self {
+        static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
+        let shards = (0..SHARDS)
+            .map(|_| Mutex::new(FastMap::default()))
+            .collect();
+        TaskRegistry {
+            inner: Arc::new(Inner {
+                key: NEXT_KEY.fetch_add(1, Ordering::Relaxed),
+                started_ns: coarse_now_ns(),
+                sites: Mutex::new(FastMap::default()),
+                shards,
+            }),
+        }
+    }
+
+    /// Installs the hooks on `builder` and returns the registry they feed: the one-line setup.
+    ///
+    /// It replaces any `on_task_spawn`/`on_task_terminate` hook set on the builder before.
+    pub fn install(builder: &mut tokio::runtime::Builder) -> TaskRegistry {
+        let registry = TaskRegistry::new();
+        registry.hook(builder);
+        registry
+    }
+
+    /// Installs this registry's hooks on `builder` (several runtimes may feed one registry).
+    pub fn hook<'b>(
+        &self,
+        builder: &'b mut tokio::runtime::Builder,
+    ) -> &'b mut tokio::runtime::Builder {
+        let on_spawn = Arc::clone(&self.inner);
+        let on_terminate = Arc::clone(&self.inner);
+        builder
+            .on_task_spawn(move |meta| on_spawn.spawned(meta.id(), meta.spawned_at()))
+            .on_task_terminate(move |meta| on_terminate.terminated(meta.id()))
+    }
+
+    /// Records a spawn as the hook does (for tests and for runtimes built elsewhere).
+    pub fn record_spawn(&self, id: Id, site: &'static Location<'static>) {
+        self.inner.spawned(id, site);
+    }
+
+    /// Records a terminate as the hook does; an id never seen spawning is ignored.
+    pub fn record_terminate(&self, id: Id) {
+        self.inner.terminated(id);
+    }
+
+    /// Names a live task; does nothing when the task already ended or was never seen.
+    pub fn set_name(&self, id: Id, name: impl Into<Cow<'static, str>>) {
+        let name = name.into();
+        let site = {
+            let mut shard = lock(self.inner.shard(id));
+            match shard.get_mut(&id) {
+                Some(entry) => {
+                    entry.name = Some(name.clone());
+                    entry.site
+                }
+                None => return,
+            }
+        };
+        self.inner.with_site(site, |site| site.remember(&name));
+    }
+
+    /// The names each site remembers (see [`MAX_NAMES_PER_SITE`]), by shortened site.
+    pub fn site_names(&self) -> Vec<(String, std::collections::BTreeSet<String>)> {
+        let sites: Vec<Arc<Site>> = lock(&self.inner.sites).values().cloned().collect();
+        sites
+            .iter()
+            .filter_map(|site| {
+                let names = lock(&site.names);
+                (!names.is_empty()).then(|| {
+                    (
+                        format_site(site.location),
+                        names.iter().map(|n| n.to_string()).collect(),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// The counters of every site seen so far, in no particular order.
+    pub fn sites(&self) -> Vec<SiteCounts> {
+        let sites: Vec<Arc<Site>> = lock(&self.inner.sites).values().cloned().collect();
+        sites
+            .iter()
+            .map(|site| {
+                // Terminated first: a task spawned and ended between the two loads then shows as
+                // one more live task for an instant, never as a negative count.
+                let terminated = site.terminated.load(Ordering::Acquire);
+                let spawned = site.spawned.load(Ordering::Acquire);
+                SiteCounts {
+                    site: format_site(site.location),
+                    spawned: spawned.max(terminated),
+                    terminated,
+                }
+            })
+            .collect()
+    }
+
+    /// Totals over every site.
+    pub fn totals(&self) -> Totals {
+        let mut totals = Totals::default();
+        for site in self.sites() {
+            totals.live += site.live();
+            totals.spawned += site.spawned;
+            totals.terminated += site.terminated;
+        }
+        totals
+    }
+
+    /// Every live task with its site, name and age. Locks one shard at a time, briefly.
+    pub fn live_tasks(&self) -> Vec<LiveTask> {
+        let now = coarse_now_ns();
+        let mut formatted: FastMap<usize, String> = FastMap::default();
+        let mut out = Vec::new();
+        for shard in self.inner.shards.iter() {
+            let raw: Vec<(Id, &'static Location<'static>, u64, Option<String>)> = lock(shard)
+                .iter()
+                .map(|(id, entry)| {
+                    (
+                        *id,
+                        entry.site,
+                        entry.born_ns,
+                        entry.name.as_deref().map(str::to_owned),
+                    )
+                })
+                .collect();
+            for (id, site, born_ns, name) in raw {
+                let site = formatted
+                    .entry(site as *const Location<'static> as usize)
+                    .or_insert_with(|| format_site(site))
+                    .clone();
+                out.push(LiveTask {
+                    id,
+                    site,
+                    name,
+                    age_s: now.saturating_sub(born_ns) as f64 / 1e9,
+                });
+            }
+        }
+        out
+    }
+
+    /// Seconds since the registry was created.
+    pub fn uptime_s(&self) -> f64 {
+        coarse_now_ns().saturating_sub(self.inner.started_ns) as f64 / 1e9
+    }
+}
+
+impl Inner {
+    fn shard(&self, id: Id) -> &Mutex<FastMap<Id, Entry>> {
+        let mut hasher = IdHasher::default();
+        std::hash::Hash::hash(&id, &mut hasher);
+        // The high bits of a multiplicative hash are the well mixed ones.
+        let index = (hasher.finish() >> 58) as usize % SHARDS;
+        &self.shards[index]
+    }
+
+    /// The site of `location`, interned on first sight, through this thread's cache.
+    fn site(&self, location: &'static Location<'static>) -> Arc<Site> {
+        let address = location as *const Location<'static> as usize;
+        let site = Arc::clone(lock(&self.sites).entry(address).or_insert_with(|| {
+            Arc::new(Site {
+                location,
+                spawned: AtomicU64::new(0),
+                terminated: AtomicU64::new(0),
+                names: Mutex::new(Vec::new()),
+            })
+        }));
+        // `try_with`: hooks also fire while a thread's locals are being destroyed.
+        let _ = SITE_CACHE.try_with(|cache| {
+            if let Ok(mut cache) = cache.try_borrow_mut() {
+                if cache.0 != self.key {
+                    *cache = (self.key, FastMap::default());
+                }
+                cache.1.insert(address, Arc::clone(&site));
+            }
+        });
+        site
+    }
+
+    /// Runs `f` on the site of `location`. The fast path borrows the site from this thread's
+    /// cache, touching neither a shared lock nor a reference count.
+    fn with_site(&self, location: &'static Location<'static>, f: impl FnOnce(&Site)) {
+        let address = location as *const Location<'static> as usize;
+        let mut f = Some(f);
+        let _ = SITE_CACHE.try_with(|cache| {
+            if let Ok(cache) = cache.try_borrow() {
+                if cache.0 == self.key {
+                    if let Some(site) = cache.1.get(&address) {
+                        if let Some(f) = f.take() {
+                            f(site);
+                        }
+                    }
+                }
+            }
+        });
+        if let Some(f) = f {
+            f(&self.site(location));
+        }
+    }
+
+    fn spawned(&self, id: Id, location: &'static Location<'static>) {
+        let name = PENDING_NAME
+            .try_with(|slot| slot.try_borrow_mut().ok().and_then(|mut slot| slot.take()))
+            .ok()
+            .flatten();
+        self.with_site(location, |site| {
+            site.spawned.fetch_add(1, Ordering::AcqRel);
+            if let Some(name) = &name {
+                site.remember(name);
+            }
+        });
+        lock(self.shard(id)).insert(
+            id,
+            Entry {
+                site: location,
+                born_ns: coarse_now_ns(),
+                name,
+            },
+        );
+    }
+
+    fn terminated(&self, id: Id) {
+        let removed = lock(self.shard(id)).remove(&id);
+        if let Some(entry) = removed {
+            self.with_site(entry.site, |site| {
+                site.terminated.fetch_add(1, Ordering::AcqRel);
+            });
+        }
+    }
+}
+
+/// `path:line:col` of a spawn site, the path shortened by [`short_path`].
+pub fn format_site(location: &Location<'_>) -> String {
+    format!(
+        "{}:{}:{}",
+        short_path(location.file()),
+        location.line(),
+        location.column()
+    )
+}
+
+/// Shortens a source path for display: a crate from a registry or a git checkout becomes
+/// `crate-version/src/...`, the standard library `std/src/...` (from `/rustc/<hash>/library/`),
+/// and a workspace path (already relative) stays as it is.
+///
+/// # Examples
+/// ```
+/// use diagtool::probe::short_path;
+/// assert_eq!(
+///     short_path("/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/tokio-1.54.1/src/task/spawn.rs"),
+///     "tokio-1.54.1/src/task/spawn.rs"
+/// );
+/// assert_eq!(short_path("shipper/src/leaklab.rs"), "shipper/src/leaklab.rs");
+/// ```
+pub fn short_path(path: &str) -> Cow<'_, str> {
+    // Normalise Windows separators only when needed.
+    let unified: Cow<'_, str> = if path.contains('\\') {
+        Cow::Owned(path.replace('\\', "/"))
+    } else {
+        Cow::Borrowed(path)
+    };
+    let shortened = if let Some(pos) = unified.find("/.cargo/registry/src/") {
+        // <index-dir>/<crate-version>/...
+        let rest = &unified[pos + "/.cargo/registry/src/".len()..];
+        rest.split_once('/').map(|(_, tail)| tail.to_owned())
+    } else if let Some(pos) = unified.find("/.cargo/git/checkouts/") {
+        // <repo-hash>/<rev>/...
+        let rest = &unified[pos + "/.cargo/git/checkouts/".len()..];
+        rest.splitn(3, '/').nth(2).map(str::to_owned)
+    } else if unified.starts_with("/rustc/") {
+        unified
+            .find("/library/")
+            .map(|pos| unified[pos + "/library/".len()..].to_owned())
+    } else {
+        None
+    };
+    match (shortened, unified) {
+        (Some(short), _) => Cow::Owned(short),
+        (None, Cow::Owned(owned)) => Cow::Owned(owned),
+        (None, Cow::Borrowed(_)) => Cow::Borrowed(path),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_shorten_to_crate_version() {
+        assert_eq!(
+            short_path(
+                "/home/u/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/hyper-1.7.0/src/client/conn.rs"
+            ),
+            "hyper-1.7.0/src/client/conn.rs"
+        );
+        assert_eq!(
+            short_path(
+                "/rustc/17067e9ac6d7e98f18d4a4f7d2a8d5e3c1d8b6a4/library/std/src/thread/mod.rs"
+            ),
+            "std/src/thread/mod.rs"
+        );
+        assert_eq!(
+            short_path(
+                "/home/u/.cargo/git/checkouts/tokio-8a3e6a9f/1a2b3c4/tokio/src/task/spawn.rs"
+            ),
+            "tokio/src/task/spawn.rs"
+        );
+        assert_eq!(
+            short_path("shipper/src/leaklab.rs"),
+            "shipper/src/leaklab.rs"
+        );
+        assert_eq!(short_path("/opt/app/src/main.rs"), "/opt/app/src/main.rs");
+    }
+
+    #[test]
+    fn shards_spread_sequential_ids() {
+        let registry = TaskRegistry::new();
+        let mut used = std::collections::HashSet::new();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            for _ in 0..256 {
+                let handle = tokio::spawn(async {});
+                used.insert(registry.inner.shard(handle.id()) as *const _ as usize);
+                handle.await.expect("join");
+            }
+        });
+        assert!(used.len() > SHARDS / 2, "only {} shards used", used.len());
+    }
+}

@@ -1,0 +1,123 @@
+//! Runtime figures: tokio's `RuntimeMetrics` for snapshots, and the `metrics` facade for a host's
+//! Prometheus endpoint.
+//!
+//! [`record_metrics`] is meant to be called by the host right before it renders `/metrics`: it
+//! sets gauges and absolute counters from the registry and the runtime at that moment, so no
+//! background task is needed and the figures are never older than the scrape.
+
+use metrics::{Unit, counter, describe_counter, describe_gauge, gauge};
+use tokio::runtime::Handle;
+
+use super::registry::TaskRegistry;
+use crate::model::RuntimeStats;
+
+/// The snapshot's runtime figures from `handle`.
+///
+/// # Examples
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let stats = diagtool::probe::runtime_stats(&tokio::runtime::Handle::current());
+/// assert_eq!(stats.workers, 1);
+/// # }
+/// ```
+pub fn runtime_stats(handle: &Handle) -> RuntimeStats {
+    let metrics = handle.metrics();
+    RuntimeStats {
+        workers: metrics.num_workers() as u64,
+        alive_tasks: metrics.num_alive_tasks() as u64,
+        global_queue_depth: metrics.global_queue_depth() as u64,
+    }
+}
+
+/// Records the per-site task series and the runtime's figures in the `metrics` facade, each name
+/// starting with `prefix` (for example `shipper`):
+///
+/// - `<prefix>_tasks_live{site}` (gauge): tasks from the site alive now; a site whose value only
+///   climbs leaks;
+/// - `<prefix>_tasks_spawned_total{site}`, `<prefix>_tasks_terminated_total{site}` (counters);
+/// - `<prefix>_tokio_workers`, `_tokio_alive_tasks`, `_tokio_global_queue_depth`,
+///   `_tokio_blocking_threads`, `_tokio_idle_blocking_threads`, `_tokio_blocking_queue_depth`
+///   (gauges);
+/// - `<prefix>_tokio_spawned_tasks_total`, `_tokio_remote_schedules_total`,
+///   `_tokio_budget_forced_yields_total`, and summed over workers `_tokio_polls_total`,
+///   `_tokio_parks_total`, `_tokio_steals_total`, `_tokio_busy_seconds_total` (counters).
+///
+/// Call it right before rendering the exporter's text; it is cheap (one pass over the sites).
+pub fn record_metrics(prefix: &str, registry: &TaskRegistry, handle: &Handle) {
+    describe(prefix);
+    for site in registry.sites() {
+        let label = [("site", site.site.clone())];
+        gauge!(format!("{prefix}_tasks_live"), &label).set(site.live() as f64);
+        counter!(format!("{prefix}_tasks_spawned_total"), &label).absolute(site.spawned);
+        counter!(format!("{prefix}_tasks_terminated_total"), &label).absolute(site.terminated);
+    }
+
+    let m = handle.metrics();
+    let g = |name: &str, value: f64| gauge!(format!("{prefix}_tokio_{name}")).set(value);
+    let c = |name: &str, value: u64| counter!(format!("{prefix}_tokio_{name}")).absolute(value);
+    g("workers", m.num_workers() as f64);
+    g("alive_tasks", m.num_alive_tasks() as f64);
+    g("global_queue_depth", m.global_queue_depth() as f64);
+    g("blocking_threads", m.num_blocking_threads() as f64);
+    g(
+        "idle_blocking_threads",
+        m.num_idle_blocking_threads() as f64,
+    );
+    g("blocking_queue_depth", m.blocking_queue_depth() as f64);
+    c("spawned_tasks_total", m.spawned_tasks_count());
+    c("remote_schedules_total", m.remote_schedule_count());
+    c("budget_forced_yields_total", m.budget_forced_yield_count());
+    let workers = 0..m.num_workers();
+    c(
+        "polls_total",
+        workers.clone().map(|w| m.worker_poll_count(w)).sum(),
+    );
+    c(
+        "parks_total",
+        workers.clone().map(|w| m.worker_park_count(w)).sum(),
+    );
+    c(
+        "steals_total",
+        workers.clone().map(|w| m.worker_steal_count(w)).sum(),
+    );
+    let busy: f64 = workers
+        .map(|w| m.worker_total_busy_duration(w).as_secs_f64())
+        .sum();
+    // A counter of whole milliseconds would lose precision; expose seconds as a gauge that only
+    // grows (Prometheus `rate()` works the same on it).
+    g("busy_seconds_total", busy);
+}
+
+fn describe(prefix: &str) {
+    describe_gauge!(
+        format!("{prefix}_tasks_live"),
+        Unit::Count,
+        "tasks alive now, by spawn site (path:line:col); a site that only climbs leaks"
+    );
+    describe_counter!(
+        format!("{prefix}_tasks_spawned_total"),
+        Unit::Count,
+        "tasks spawned since start, by spawn site"
+    );
+    describe_counter!(
+        format!("{prefix}_tasks_terminated_total"),
+        Unit::Count,
+        "tasks ended since start, by spawn site"
+    );
+    describe_gauge!(
+        format!("{prefix}_tokio_alive_tasks"),
+        Unit::Count,
+        "tasks alive in the tokio runtime, including those the registry does not see"
+    );
+    describe_gauge!(
+        format!("{prefix}_tokio_global_queue_depth"),
+        Unit::Count,
+        "tasks waiting in the runtime's global queue; a steady climb means workers cannot keep up"
+    );
+    describe_gauge!(
+        format!("{prefix}_tokio_busy_seconds_total"),
+        Unit::Seconds,
+        "time workers spent polling tasks, summed over workers"
+    );
+}

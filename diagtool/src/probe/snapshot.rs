@@ -1,0 +1,197 @@
+//! Registry -> `diagtool.snapshot/v1`, and its text rendering for `?format=text`.
+//!
+//! Invariants of what [`take`] returns: `sites` is sorted by `live`, largest first (ties by site
+//! name), and `tasks.live` is the sum of `sites[].live`: both come from the same read of the
+//! per-site counters. Ages and names come from the live-task maps read just after, so a task
+//! that ends in between may still lend its age to a site; counts are never affected.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt::Write;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::runtime::Handle;
+
+use super::process::process_stats;
+use super::registry::TaskRegistry;
+use super::runtime::runtime_stats;
+use crate::model::{SNAPSHOT_SCHEMA, SiteStats, Snapshot, TaskDetail, TaskTotals};
+
+/// Milliseconds since the Unix epoch by this machine's clock.
+pub(crate) fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Takes a snapshot of `registry` for `service`. `handle` supplies the runtime figures (zeros
+/// without one); `detail` adds `tasks_detail` (`?debug=2`), oldest first.
+///
+/// # Examples
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let registry = diagtool::probe::TaskRegistry::new();
+/// let snap = diagtool::probe::snapshot::take(&registry, "demo", None, false);
+/// assert_eq!(snap.tasks.live, 0);
+/// # }
+/// ```
+pub fn take(
+    registry: &TaskRegistry,
+    service: &str,
+    handle: Option<&Handle>,
+    detail: bool,
+) -> Snapshot {
+    let counts = registry.sites();
+    let live = registry.live_tasks();
+
+    let mut ages: HashMap<&str, Vec<f64>> = HashMap::new();
+    for task in &live {
+        ages.entry(&task.site).or_default().push(task.age_s);
+    }
+    // Names the sites kept (they outlive their tasks) plus names set on live tasks.
+    let mut names: HashMap<String, BTreeSet<String>> = registry.site_names().into_iter().collect();
+    for task in &live {
+        if let Some(name) = &task.name {
+            names
+                .entry(task.site.clone())
+                .or_default()
+                .insert(name.clone());
+        }
+    }
+
+    let mut sites: Vec<SiteStats> = counts
+        .iter()
+        .map(|count| {
+            let mut site_ages = ages.remove(count.site.as_str()).unwrap_or_default();
+            site_ages.sort_by(|a, b| b.total_cmp(a));
+            let (oldest, median) = if site_ages.is_empty() {
+                (0.0, 0.0)
+            } else {
+                (site_ages[0], median_of_sorted(&site_ages))
+            };
+            SiteStats {
+                site: count.site.clone(),
+                live: count.live(),
+                spawned_total: count.spawned,
+                terminated_total: count.terminated,
+                oldest_age_s: round_ms(oldest),
+                median_age_s: round_ms(median),
+                names: names
+                    .get(count.site.as_str())
+                    .map(|set| set.iter().cloned().collect())
+                    .unwrap_or_default(),
+            }
+        })
+        .collect();
+    sites.sort_by(|a, b| b.live.cmp(&a.live).then_with(|| a.site.cmp(&b.site)));
+
+    let tasks = TaskTotals {
+        live: sites.iter().map(|s| s.live).sum(),
+        spawned_total: sites.iter().map(|s| s.spawned_total).sum(),
+        terminated_total: sites.iter().map(|s| s.terminated_total).sum(),
+    };
+
+    let tasks_detail = detail.then(|| {
+        let mut detail: Vec<TaskDetail> = live
+            .iter()
+            .map(|task| TaskDetail {
+                id: task_id_u64(task.id),
+                site: task.site.clone(),
+                name: task.name.clone(),
+                age_s: round_ms(task.age_s),
+            })
+            .collect();
+        detail.sort_by(|a, b| b.age_s.total_cmp(&a.age_s).then(a.id.cmp(&b.id)));
+        detail
+    });
+
+    Snapshot {
+        schema: SNAPSHOT_SCHEMA.to_owned(),
+        service: service.to_owned(),
+        taken_at_ms: unix_ms(),
+        uptime_s: round_ms(registry.uptime_s()),
+        process: process_stats(),
+        runtime: handle.map(runtime_stats).unwrap_or_default(),
+        tasks,
+        sites,
+        tasks_detail,
+    }
+}
+
+/// tokio's task id as a number (tokio exposes it only through `Display`).
+pub(crate) fn task_id_u64(id: tokio::task::Id) -> u64 {
+    id.to_string().parse().unwrap_or(0)
+}
+
+fn median_of_sorted(values: &[f64]) -> f64 {
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+/// Seconds rounded to milliseconds: finer digits are clock noise and bloat the JSON.
+pub(crate) fn round_ms(seconds: f64) -> f64 {
+    (seconds * 1000.0).round() / 1000.0
+}
+
+/// The snapshot as readable text (`GET /debug/tasks?format=text`): a header, then one line per
+/// site, largest first, then the per-task detail when present.
+pub fn render_text(snap: &Snapshot) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} pid {} uptime {:.1}s: {} live tasks ({} spawned, {} ended), rss {:.1} MiB, {} fds, {} threads, {} workers, {} alive in runtime, global queue {}",
+        snap.service,
+        snap.process.pid,
+        snap.uptime_s,
+        snap.tasks.live,
+        snap.tasks.spawned_total,
+        snap.tasks.terminated_total,
+        snap.process.rss_bytes as f64 / (1024.0 * 1024.0),
+        snap.process.open_fds,
+        snap.process.threads,
+        snap.runtime.workers,
+        snap.runtime.alive_tasks,
+        snap.runtime.global_queue_depth,
+    );
+    let _ = writeln!(
+        out,
+        "\n{:>8} {:>10} {:>10} {:>10} {:>10}  site [names]",
+        "live", "spawned", "ended", "oldest_s", "median_s"
+    );
+    for site in &snap.sites {
+        let names = if site.names.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", site.names.join(", "))
+        };
+        let _ = writeln!(
+            out,
+            "{:>8} {:>10} {:>10} {:>10.1} {:>10.1}  {}{}",
+            site.live,
+            site.spawned_total,
+            site.terminated_total,
+            site.oldest_age_s,
+            site.median_age_s,
+            site.site,
+            names
+        );
+    }
+    if let Some(detail) = &snap.tasks_detail {
+        let _ = writeln!(out, "\n{:>10} {:>10}  site name", "id", "age_s");
+        for task in detail {
+            let _ = writeln!(
+                out,
+                "{:>10} {:>10.1}  {} {}",
+                task.id,
+                task.age_s,
+                task.site,
+                task.name.as_deref().unwrap_or("-")
+            );
+        }
+    }
+    out
+}

@@ -1,0 +1,116 @@
+//! Spawning with a name and a trace-friendly wrapper.
+//!
+//! [`spawn_named`] is `tokio::spawn` plus two things: the task gets a name in the registry (shown
+//! in snapshots and dumps), and its future is wrapped in [`Traced`], whose `poll` is never
+//! inlined. In release builds the compiler otherwise inlines the user's async fns into tokio's
+//! task harness and a task dump keeps only tokio's leaf frames; the out-of-line `poll` keeps a
+//! real frame boundary, so the user's functions and their await points stay in the trace.
+//!
+//! Every function here is `#[track_caller]` down to tokio's spawn, so the spawn site recorded by
+//! the registry is the caller's line, not a line in this file.
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
+
+use super::registry;
+
+/// A future wrapper whose `poll` is never inlined, so task dumps of release builds keep the
+/// wrapped future's own frames. Build one with [`traced`].
+#[derive(Debug)]
+#[must_use = "futures do nothing unless polled"]
+pub struct Traced<F> {
+    future: F,
+}
+
+/// Wraps `future` in [`Traced`], for hosts that spawn through their own helpers
+/// (a `JoinSet`, a supervisor).
+pub fn traced<F: Future>(future: F) -> Traced<F> {
+    Traced { future }
+}
+
+impl<F: Future> Future for Traced<F> {
+    type Output = F::Output;
+
+    #[inline(never)]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        // SAFETY: structural pinning of the only field: `Traced` never moves `future` out, has no
+        // `Drop` impl and is `Unpin` only when `F` is.
+        let future = unsafe { self.map_unchecked_mut(|this| &mut this.future) };
+        future.poll(cx)
+    }
+}
+
+/// Clears a pending name even when the spawn panics (no runtime), so no later spawn inherits it.
+struct PendingName;
+
+impl PendingName {
+    fn set(name: Cow<'static, str>) -> Self {
+        registry::set_pending_name(name);
+        PendingName
+    }
+}
+
+impl Drop for PendingName {
+    fn drop(&mut self) {
+        registry::clear_pending_name();
+    }
+}
+
+/// Spawns `future` on the current runtime, named `name` in the task registry and wrapped in
+/// [`Traced`]. The spawn site is the caller's line.
+///
+/// Panics like `tokio::spawn` when called outside a runtime.
+///
+/// # Examples
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let handle = diagtool::probe::spawn_named("answer", async { 42 });
+/// assert_eq!(handle.await.unwrap(), 42);
+/// # }
+/// ```
+#[track_caller]
+pub fn spawn_named<F>(name: impl Into<Cow<'static, str>>, future: F) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let _pending = PendingName::set(name.into());
+    tokio::spawn(traced(future))
+}
+
+/// [`spawn_named`] on the runtime of `handle`.
+#[track_caller]
+pub fn spawn_named_on<F>(
+    handle: &Handle,
+    name: impl Into<Cow<'static, str>>,
+    future: F,
+) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let _pending = PendingName::set(name.into());
+    handle.spawn(traced(future))
+}
+
+/// [`spawn_named`] through a `TaskTracker`, so the host can wait for the task at shutdown.
+#[track_caller]
+pub fn spawn_named_in<F>(
+    tracker: &TaskTracker,
+    name: impl Into<Cow<'static, str>>,
+    future: F,
+) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let _pending = PendingName::set(name.into());
+    tracker.spawn(traced(future))
+}

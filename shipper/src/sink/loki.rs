@@ -1,1 +1,0 @@
-//! The Grafana Loki sink: push API, JSON+gzip or protobuf+snappy, retries, adaptive concurrency.

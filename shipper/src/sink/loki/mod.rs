@@ -1,0 +1,260 @@
+//! The Grafana Loki sink: push API, JSON+gzip or protobuf+snappy, retries, adaptive concurrency.
+//!
+//! [`run`] is one actor. It takes [`Batch`]es from a bounded channel, encodes each once, and keeps
+//! up to the adaptive limit ([`arc`]) of them in flight as futures in a `FuturesUnordered` it owns
+//! (never detached tasks). A batch is acknowledged exactly once: when Loki accepted it, or when
+//! Loki refused it for good (counted as `shipper_dropped_entries_total{reason="loki_rejected"}`).
+//! Retryable failures are retried for as long as it takes, with capped exponential backoff and
+//! jitter, honouring `Retry-After`. A batch retrying keeps its slot, so an outage stops intake and
+//! the bounded channel pushes back on the readers: memory stays bounded and nothing is dropped.
+//!
+//! Shutdown: when the channel closes, `run` drains what is in flight and returns. When `stop` is
+//! cancelled it returns at once, leaving in-flight batches unacknowledged: their lines are read
+//! again after the restart (at-least-once), never lost.
+//!
+//! Ordering: batches of one stream may be in flight together and land out of order; Loki accepts
+//! that within its window, and acknowledgements are per chunk, so correctness does not depend on it.
+
+mod arc;
+mod encode;
+mod send;
+mod telemetry;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
+use http::HeaderValue;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use self::arc::{AdaptiveConcurrency, Feedback};
+use self::encode::{Body, Encoder};
+use self::send::{Outcome, RateLimitedLog, Target};
+use crate::event::Batch;
+
+/// The push path appended to [`LokiSettings::url`].
+pub const PUSH_PATH: &str = "/loki/api/v1/push";
+
+/// How often `run` calls its heartbeat, busy or idle (an outage is not a hang: it still beats).
+const BEAT_EVERY: Duration = Duration::from_secs(1);
+
+/// Where and how to push.
+#[derive(Debug, Clone)]
+pub struct LokiSettings {
+    /// Base URL of Loki, such as `http://127.0.0.1:3100`; [`PUSH_PATH`] is appended.
+    pub url: String,
+    /// Sent as `X-Scope-OrgID` when set.
+    pub tenant: Option<String>,
+    /// Body format.
+    pub encoding: LokiEncoding,
+    /// Bound on one push request, answer included; past it the request is retried.
+    pub request_timeout: Duration,
+    /// Upper bound of the adaptive concurrency limit (at least 1).
+    pub max_concurrency: usize,
+    /// Longest wait between two attempts of one batch.
+    pub backoff_max: Duration,
+}
+
+/// The body format of push requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LokiEncoding {
+    /// JSON, gzip-compressed (`Content-Encoding: gzip`).
+    #[default]
+    Json,
+    /// Protobuf, snappy-compressed (`Content-Type: application/x-protobuf`).
+    Protobuf,
+}
+
+impl LokiSettings {
+    /// Checks the settings and resolves the push URL and tenant header.
+    fn target(&self) -> anyhow::Result<Target> {
+        let base = self.url.trim_end_matches('/');
+        let url = reqwest::Url::parse(&format!("{base}{PUSH_PATH}")).with_context(|| {
+            format!(
+                "invalid loki url {:?}: use a base url such as http://127.0.0.1:3100",
+                self.url
+            )
+        })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            bail!(
+                "invalid loki url {:?}: the scheme must be http or https",
+                self.url
+            );
+        }
+        let tenant = match self.tenant.as_deref().filter(|t| !t.is_empty()) {
+            Some(t) => Some(HeaderValue::from_str(t).with_context(|| {
+                format!("invalid loki tenant {t:?}: use visible ascii characters only")
+            })?),
+            None => None,
+        };
+        if self.request_timeout.is_zero() {
+            bail!("invalid loki request timeout 0s: use a positive duration such as 10s");
+        }
+        let client = reqwest::Client::builder()
+            .timeout(self.request_timeout)
+            .connect_timeout(self.request_timeout.min(Duration::from_secs(5)))
+            .pool_max_idle_per_host(self.max_concurrency.max(1))
+            .build()
+            .context("building the loki http client")?;
+        Ok(Target {
+            client,
+            url,
+            tenant,
+        })
+    }
+}
+
+/// A batch on its way: the batch (for its acknowledgement) and its body, encoded once.
+#[derive(Debug)]
+struct Job {
+    batch: Batch,
+    body: Body,
+    /// Attempts made so far.
+    attempts: u32,
+}
+
+/// One attempt finished: the job back, what happened, how long the request took.
+type Attempt = Pin<Box<dyn Future<Output = (Job, Outcome, Duration)> + Send>>;
+
+fn start_attempt(target: &Target, job: Job, delay: Duration) -> Attempt {
+    let target = target.clone();
+    Box::pin(async move {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let started = Instant::now();
+        let outcome = send::attempt(&target, &job.body).await;
+        (job, outcome, started.elapsed())
+    })
+}
+
+/// Runs the sink until `batches` is closed and drained, or `stop` is cancelled. See the
+/// [module docs](self). Errors only on invalid settings.
+pub async fn run(
+    settings: LokiSettings,
+    mut batches: mpsc::Receiver<Batch>,
+    stop: CancellationToken,
+    beat: impl Fn() + Send + Sync + 'static,
+) -> anyhow::Result<()> {
+    let target = settings.target()?;
+    telemetry::describe();
+    let mut arc = AdaptiveConcurrency::new(settings.max_concurrency, Instant::now());
+    telemetry::concurrency(arc.limit());
+    let mut encoder = Encoder::new(settings.encoding);
+    let mut in_flight: FuturesUnordered<Attempt> = FuturesUnordered::new();
+    let mut log = RateLimitedLog::default();
+    let mut beat_every = tokio::time::interval(BEAT_EVERY);
+    beat_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut open = true;
+    tracing::info!(url = %target.url, encoding = ?settings.encoding, "loki sink started");
+
+    while open || !in_flight.is_empty() {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => {
+                if !in_flight.is_empty() {
+                    tracing::info!(
+                        batches = in_flight.len(),
+                        "loki sink stopped with batches in flight; they are re-read after restart"
+                    );
+                }
+                return Ok(());
+            }
+            _ = beat_every.tick() => beat(),
+            Some((job, outcome, took)) = in_flight.next(), if !in_flight.is_empty() => {
+                let before = arc.limit();
+                if let Some((job, delay)) =
+                    finish_attempt(job, outcome, took, &settings, &mut arc, &mut log)
+                {
+                    in_flight.push(start_attempt(&target, job, delay));
+                }
+                if arc.limit() != before {
+                    telemetry::concurrency(arc.limit());
+                }
+            }
+            next = batches.recv(), if open && in_flight.len() < arc.limit() => match next {
+                Some(mut batch) => {
+                    let body = encoder.encode(&mut batch)?;
+                    let job = Job { batch, body, attempts: 0 };
+                    in_flight.push(start_attempt(&target, job, Duration::ZERO));
+                    arc.on_send(in_flight.len());
+                }
+                None => open = false,
+            },
+        }
+    }
+    tracing::info!("loki sink drained and stopped");
+    Ok(())
+}
+
+/// Accounts for a finished attempt; returns the job and the delay when it must be tried again.
+fn finish_attempt(
+    mut job: Job,
+    outcome: Outcome,
+    took: Duration,
+    settings: &LokiSettings,
+    arc: &mut AdaptiveConcurrency,
+    log: &mut RateLimitedLog,
+) -> Option<(Job, Duration)> {
+    let now = Instant::now();
+    job.attempts += 1;
+    telemetry::request(outcome.status_label(), took);
+    match outcome {
+        Outcome::Delivered { .. } => {
+            arc.on_response(now, took, Feedback::Ok);
+            telemetry::sent(job.batch.entries, job.batch.line_bytes);
+            if job.attempts > 1 {
+                tracing::info!(
+                    attempts = job.attempts,
+                    "loki accepted a batch after retries"
+                );
+            }
+            job.batch.acknowledge();
+            None
+        }
+        Outcome::Rejected { status, reason } => {
+            // The server answered promptly: that is no sign of overload.
+            arc.on_response(now, took, Feedback::Ok);
+            telemetry::rejected(job.batch.entries);
+            if log.should_log(&reason, now) {
+                tracing::warn!(
+                    status = status.as_u16(),
+                    %reason,
+                    entries = job.batch.entries,
+                    "loki refused a batch for good; dropped and counted (this reason is logged \
+                     at most once a minute)"
+                );
+            }
+            job.batch.acknowledge();
+            None
+        }
+        Outcome::Retry {
+            label,
+            reason,
+            retry_after,
+        } => {
+            arc.on_response(now, took, Feedback::Backpressure);
+            telemetry::retried();
+            let delay = send::retry_delay(job.attempts, retry_after, settings.backoff_max);
+            if log.should_log(&format!("retry {label}"), now) {
+                tracing::warn!(
+                    status = %label,
+                    %reason,
+                    attempts = job.attempts,
+                    retry_in = ?delay,
+                    "loki push failed; retrying until it succeeds"
+                );
+            }
+            Some((job, delay))
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;

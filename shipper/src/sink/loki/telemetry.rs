@@ -1,0 +1,81 @@
+//! The Loki sink's metrics, through the `metrics` facade (the binary installs the Prometheus
+//! recorder; without one these are no-ops). Names are part of the contract.
+
+use std::time::Duration;
+
+use metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
+
+/// Entries Loki accepted.
+pub(crate) const SENT_ENTRIES: &str = "shipper_sent_entries_total";
+/// Line bytes Loki accepted (uncompressed, as read).
+pub(crate) const SENT_BYTES: &str = "shipper_sent_bytes_total";
+/// Retried push attempts.
+pub(crate) const RETRIES: &str = "shipper_batch_retries_total";
+/// Entries dropped for good, by reason.
+pub(crate) const DROPPED: &str = "shipper_dropped_entries_total";
+/// Push requests by answer.
+pub(crate) const REQUESTS: &str = "shipper_loki_requests_total";
+/// Push request latency.
+pub(crate) const DURATION: &str = "shipper_loki_request_duration_seconds";
+/// The adaptive concurrency limit.
+pub(crate) const CONCURRENCY: &str = "shipper_loki_concurrency_limit";
+
+/// The `reason` of entries Loki refused with a permanent error.
+pub(crate) const REASON_REJECTED: &str = "loki_rejected";
+
+/// Describes every metric of the sink (idempotent).
+pub(crate) fn describe() {
+    describe_counter!(SENT_ENTRIES, "Log entries delivered to (accepted by) Loki.");
+    describe_counter!(
+        SENT_BYTES,
+        Unit::Bytes,
+        "Bytes of log lines delivered to Loki, uncompressed (compare with shipper_read_bytes_total)."
+    );
+    describe_counter!(
+        RETRIES,
+        "Push attempts that failed in a retryable way (429, 5xx, timeout, connection error) and \
+         were retried; a steady rise means Loki is down or overloaded."
+    );
+    describe_counter!(
+        DROPPED,
+        "Log entries dropped for good, by reason; loki_rejected counts entries in batches Loki \
+         refused with a permanent error (400 and other 4xx, 501)."
+    );
+    describe_counter!(
+        REQUESTS,
+        "Push requests to Loki by answer: the HTTP status, or timeout, connect or error."
+    );
+    describe_histogram!(
+        DURATION,
+        Unit::Seconds,
+        "Push request latency, from sending to the answer (or the failure)."
+    );
+    describe_gauge!(
+        CONCURRENCY,
+        "How many push requests may be in flight, as set by adaptive concurrency (AIMD)."
+    );
+}
+
+pub(crate) fn request(status_label: String, duration: Duration) {
+    counter!(REQUESTS, "status" => status_label).increment(1);
+    histogram!(DURATION).record(duration.as_secs_f64());
+}
+
+pub(crate) fn sent(entries: usize, line_bytes: usize) {
+    counter!(SENT_ENTRIES).increment(entries as u64);
+    counter!(SENT_BYTES).increment(line_bytes as u64);
+}
+
+pub(crate) fn retried() {
+    counter!(RETRIES).increment(1);
+}
+
+pub(crate) fn rejected(entries: usize) {
+    counter!(DROPPED, "reason" => REASON_REJECTED).increment(entries as u64);
+}
+
+pub(crate) fn concurrency(limit: usize) {
+    gauge!(CONCURRENCY).set(limit as f64);
+}

@@ -1,0 +1,44 @@
+//! The stdout sink: the file sink's JSON lines on standard output, for pipes and debugging.
+//!
+//! A batch is acknowledged after its lines are written and stdout is flushed. A closed stdout (the
+//! reader of the pipe went away) ends the sink without acknowledging, so nothing is marked sent
+//! that was not.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::event::Batch;
+use crate::sink::file::{encode, record_sent};
+
+/// Runs the stdout sink until the batch channel closes or `stop` fires.
+pub async fn run(
+    mut batches: mpsc::Receiver<Batch>,
+    stop: CancellationToken,
+    beat: impl Fn() + Send + Sync + 'static,
+) -> anyhow::Result<()> {
+    let mut buf = Vec::with_capacity(2 << 20);
+    loop {
+        let batch = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return Ok(()),
+            b = batches.recv() => match b {
+                Some(b) => b,
+                None => return Ok(()),
+            },
+            _ = tokio::time::sleep(Duration::from_millis(500)) => { beat(); continue; }
+        };
+        beat();
+        buf.clear();
+        let n = encode(&batch, &mut buf);
+        let mut out = std::io::stdout().lock();
+        out.write_all(&buf)
+            .and_then(|()| out.flush())
+            .context("cannot write to stdout")?;
+        record_sent(&batch, n);
+        batch.acknowledge();
+    }
+}

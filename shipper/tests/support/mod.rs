@@ -1,0 +1,270 @@
+//! The end-to-end harness: a temp dir with `logs/` and `data/`, the real `shipper` binary started
+//! with a generated config on an ephemeral loopback port, bounded waits, and readers for what it
+//! delivered. Every process a test starts is killed when its [`Shipper`] is dropped.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_shipper");
+
+/// Polls `cond` every 20 ms until it holds; panics naming `what` after `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A test's directory and config.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    /// Extra TOML appended to the `[[sources]]` table of the plain file source.
+    pub source_extra: String,
+    /// Extra top-level TOML (before any table).
+    pub top_extra: String,
+    /// The `[sink]` table's extra keys.
+    pub sink_extra: String,
+    /// A whole `[sink]` table replacing the file sink.
+    pub sink_table: Option<String>,
+    /// Additional tables (e.g. a docker source).
+    pub tables: String,
+}
+
+impl Env {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+        Self {
+            dir,
+            source_extra: String::new(),
+            top_extra: String::new(),
+            sink_extra: String::new(),
+            sink_table: None,
+            tables: String::new(),
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn logs(&self) -> PathBuf {
+        self.path("logs")
+    }
+
+    pub fn out(&self) -> PathBuf {
+        self.path("data/out.jsonl")
+    }
+
+    pub fn config_text(&self) -> String {
+        let d = self.dir.path().display();
+        let sink = self.sink_table.clone().unwrap_or_else(|| {
+            format!(
+                "[sink]\ntype = \"file\"\npath = \"{d}/data/out.jsonl\"\nbatch_max_wait = \"100ms\"\n{}\n",
+                self.sink_extra
+            )
+        });
+        format!(
+            "data_dir = \"{d}/data\"\ncheckpoint_interval = \"100ms\"\n{top}\n\
+             [server]\nmain_addr = \"127.0.0.1:0\"\n\n\
+             [[sources]]\ntype = \"file\"\ninclude = [\"{d}/logs/**/*.log\"]\nlabels = {{ job = \"test\" }}\npoll_interval = \"200ms\"\n{src}\n\
+             {tables}\n{sink}\n",
+            top = self.top_extra,
+            src = self.source_extra,
+            tables = self.tables,
+        )
+    }
+
+    pub fn write_config(&self) -> PathBuf {
+        let p = self.path("shipper.toml");
+        std::fs::write(&p, self.config_text()).unwrap();
+        p
+    }
+
+    /// Starts the shipper and waits until its main port listens.
+    pub fn start(&self) -> Shipper {
+        let config = self.write_config();
+        let n = std::fs::read_dir(self.dir.path()).unwrap().count();
+        let log = self.path(&format!("stderr-{n}.log"));
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(&config)
+            .env("SHIPPER_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut s = Shipper {
+            child,
+            log,
+            addr: String::new(),
+        };
+        let mut addr = None;
+        wait_until(Duration::from_secs(20), "the main port to listen", || {
+            if let Ok(Some(st)) = s.child.try_wait() {
+                panic!("shipper exited early with {st}: {}", s.stderr());
+            }
+            addr = s
+                .stderr()
+                .lines()
+                .find(|l| l.contains("main port listening"))
+                .and_then(|l| l.split("addr=").nth(1))
+                .map(|a| a.trim().to_string());
+            addr.is_some()
+        });
+        s.addr = addr.unwrap();
+        s
+    }
+
+    /// Appends raw bytes to a file under `logs/`.
+    pub fn append(&self, rel: &str, bytes: &[u8]) {
+        let p = self.logs().join(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .unwrap();
+        f.write_all(bytes).unwrap();
+    }
+
+    /// The delivered entries, in output order.
+    pub fn delivered(&self) -> Vec<Delivered> {
+        read_out(&self.out())
+    }
+}
+
+/// One line of the file sink's output.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    pub ts: String,
+    pub labels: HashMap<String, String>,
+    pub line: String,
+}
+
+pub fn read_out(path: &Path) -> Vec<Delivered> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    text.lines()
+        // The last line may be in the middle of being written.
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| Delivered {
+            ts: v["ts"].as_str().unwrap().to_string(),
+            labels: serde_json::from_value(v["labels"].clone()).unwrap(),
+            line: v["line"].as_str().unwrap().to_string(),
+        })
+        .collect()
+}
+
+/// Counts how often each line was delivered.
+pub fn counts(d: &[Delivered]) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for e in d {
+        *m.entry(e.line.clone()).or_insert(0) += 1;
+    }
+    m
+}
+
+/// A running shipper.
+pub struct Shipper {
+    pub child: Child,
+    pub log: PathBuf,
+    pub addr: String,
+}
+
+impl Shipper {
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `GET path` on the main port: (status, body).
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http_get(&self.addr, path)
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    pub fn terminate(mut self, limit: Duration) -> ExitStatus {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: plain kill(2) on the child we spawned.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let start = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "no exit {limit:?} after SIGTERM: {}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// kill -9.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// The value of a metric series (exact name with labels) in `/metrics`.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let (_, body) = self.get("/metrics");
+        body.lines()
+            .find(|l| l.split_whitespace().next() == Some(series))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+    }
+}
+
+impl Drop for Shipper {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 GET over loopback with a bounded timeout.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Runs the binary with `args` and returns (exit code, stdout, stderr).
+pub fn run_bin(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
