@@ -91,11 +91,28 @@ pub fn run(args: SoakArgs) -> anyhow::Result<ExitCode> {
 /// loopback socket, a log file that cannot be written); a bad profile or a shipper that does not
 /// start are answered with their exit codes after a message on stderr.
 pub async fn run_async(args: SoakArgs) -> anyhow::Result<ExitCode> {
+    Ok(ExitCode::from(execute(&args).await?.code))
+}
+
+/// How a soak ended: its exit code and, unless the profile was unusable, its document.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// [`EXIT_PASSED`], [`EXIT_FAILED`], [`EXIT_USAGE`] or [`EXIT_NO_SHIPPER`].
+    pub code: u8,
+    /// The document printed as the last line of stdout (`None` for a usage error).
+    pub report: Option<SoakReport>,
+}
+
+/// [`run_async`], returning the document as well as the exit code (for tests and embedders).
+pub async fn execute(args: &SoakArgs) -> anyhow::Result<Finished> {
     let profile = match Profile::load(&args.profile, args.duration) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("diagtool soak: {e}");
-            return Ok(ExitCode::from(EXIT_USAGE));
+            return Ok(Finished {
+                code: EXIT_USAGE,
+                report: None,
+            });
         }
     };
     let started = Instant::now();
@@ -121,7 +138,10 @@ pub async fn run_async(args: SoakArgs) -> anyhow::Result<ExitCode> {
     }
     let json = serde_json::to_string(&judgement.report).context("cannot encode the report")?;
     println!("{json}");
-    Ok(ExitCode::from(code))
+    Ok(Finished {
+        code,
+        report: Some(judgement.report),
+    })
 }
 
 /// How a run ended.
