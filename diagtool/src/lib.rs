@@ -15,3 +15,5 @@ pub mod model;
 pub mod pprof;
 #[cfg(feature = "probe")]
 pub mod probe;
+#[cfg(feature = "cli")]
+pub mod soak;

@@ -115,6 +115,26 @@ pub enum Command {
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
     },
+    /// Run the shipper under a soak profile on loopback and judge delivery, task growth, RSS and
+    /// open fds (exit 0 pass, 1 fail, 3 the shipper did not start).
+    Soak(SoakArgs),
+}
+
+/// `diagtool soak` flags.
+#[derive(Debug, clap::Args)]
+pub struct SoakArgs {
+    /// The profile (TOML), such as profiles/steady.toml.
+    #[arg(long, value_name = "FILE")]
+    pub profile: PathBuf,
+    /// Run this long; the profile's times scale with it [default: the profile's duration].
+    #[arg(long, value_name = "DUR")]
+    pub duration: Option<Dur>,
+    /// Write a JUnit XML report (one test case per check) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// The shipper binary [default: `shipper` beside diagtool].
+    #[arg(long, value_name = "PATH")]
+    pub shipper: Option<PathBuf>,
 }
 
 /// `diagtool watch` flags.
@@ -185,6 +205,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Diff { base, new, json } => commands::diff(&base, &new, json),
         Command::Flamegraph { input, output } => dump::flamegraph(&input, &output),
         Command::Report { dir, output } => report::report(&dir, output.as_deref()),
+        Command::Soak(args) => crate::soak::run(crate::soak::SoakArgs {
+            profile: args.profile,
+            duration: args.duration.map(|d| d.0),
+            junit: args.junit,
+            shipper: args.shipper,
+        }),
         command => {
             let client = Client::new(&cli.target, cli.token)?;
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -214,9 +240,12 @@ async fn remote(client: Client, command: Command) -> anyhow::Result<ExitCode> {
         } => commands::profile(&client, seconds, &output, flamegraph.as_deref()).await,
         // Local commands are dispatched by `run` before a client exists; reaching here is a bug
         // worth an error, not a panic.
-        Command::Diff { .. } | Command::Flamegraph { .. } | Command::Report { .. } => Err(
-            anyhow::anyhow!("internal error: a local command was sent to the target"),
-        ),
+        Command::Diff { .. }
+        | Command::Flamegraph { .. }
+        | Command::Report { .. }
+        | Command::Soak(_) => Err(anyhow::anyhow!(
+            "internal error: a local command was sent to the target"
+        )),
     }
 }
 
@@ -278,5 +307,36 @@ mod tests {
         assert_eq!(args.interval.0, std::time::Duration::from_secs(30));
         assert_eq!((args.duration, args.top, args.json), (None, 10, false));
         assert!(Cli::try_parse_from(["diagtool", "watch", "--interval", "soon"]).is_err());
+    }
+
+    #[test]
+    fn soak_flags_match_the_contract() {
+        let cli = Cli::try_parse_from([
+            "diagtool",
+            "soak",
+            "--profile",
+            "p.toml",
+            "--duration",
+            "2m",
+            "--junit",
+            "j.xml",
+            "--shipper",
+            "/bin/shipper",
+        ])
+        .expect("parses");
+        let Command::Soak(args) = cli.command else {
+            panic!("not soak")
+        };
+        assert_eq!(args.profile, PathBuf::from("p.toml"));
+        assert_eq!(
+            args.duration.map(|d| d.0),
+            Some(std::time::Duration::from_secs(120))
+        );
+        assert_eq!(args.junit, Some(PathBuf::from("j.xml")));
+        assert_eq!(args.shipper, Some(PathBuf::from("/bin/shipper")));
+        assert!(
+            Cli::try_parse_from(["diagtool", "soak"]).is_err(),
+            "--profile is required"
+        );
     }
 }

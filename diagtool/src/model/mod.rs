@@ -7,6 +7,7 @@
 mod diff;
 mod dump;
 mod snapshot;
+mod soak;
 mod watch;
 
 pub use diff::{DIFF_SCHEMA, DiffTotal, SiteDiff, SnapshotDiff};
@@ -14,6 +15,7 @@ pub use dump::{DUMP_SCHEMA, Dump, DumpGroup, DumpTask};
 pub use snapshot::{
     ProcessStats, RuntimeStats, SNAPSHOT_SCHEMA, SiteStats, Snapshot, TaskDetail, TaskTotals,
 };
+pub use soak::{SOAK_SCHEMA, SoakLeak, SoakReport};
 pub use watch::{
     Overall, Restart, Step, Verdict, WATCH_SCHEMA, WatchReport, WatchSite, WatchTotal,
 };
