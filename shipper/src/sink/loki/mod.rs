@@ -71,6 +71,33 @@ pub enum LokiEncoding {
 }
 
 impl LokiSettings {
+    /// Default [`request_timeout`](Self::request_timeout): 10s.
+    pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Default [`max_concurrency`](Self::max_concurrency): 16 requests.
+    pub const DEFAULT_MAX_CONCURRENCY: usize = 16;
+    /// Default [`backoff_max`](Self::backoff_max): 30s.
+    pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+    /// Settings for `url` with no tenant, JSON, and the `DEFAULT_*` values.
+    ///
+    /// # Examples
+    /// ```
+    /// use shipper::sink::loki::{LokiEncoding, LokiSettings};
+    /// let s = LokiSettings::new("http://127.0.0.1:3100");
+    /// assert_eq!(s.encoding, LokiEncoding::Json);
+    /// assert_eq!(s.max_concurrency, LokiSettings::DEFAULT_MAX_CONCURRENCY);
+    /// ```
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            tenant: None,
+            encoding: LokiEncoding::default(),
+            request_timeout: Self::DEFAULT_REQUEST_TIMEOUT,
+            max_concurrency: Self::DEFAULT_MAX_CONCURRENCY,
+            backoff_max: Self::DEFAULT_BACKOFF_MAX,
+        }
+    }
+
     /// Checks the settings and resolves the push URL and tenant header.
     fn target(&self) -> anyhow::Result<Target> {
         let base = self.url.trim_end_matches('/');
@@ -106,6 +133,24 @@ impl LokiSettings {
             url,
             tenant,
         })
+    }
+}
+
+/// An encoding name that is neither `json` nor `protobuf`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown loki encoding {0:?}: use \"json\" or \"protobuf\"")]
+pub struct UnknownEncoding(pub String);
+
+impl std::str::FromStr for LokiEncoding {
+    type Err = UnknownEncoding;
+
+    /// Parses the config's `encoding`: `json` or `protobuf`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "json" => Ok(Self::Json),
+            "protobuf" => Ok(Self::Protobuf),
+            other => Err(UnknownEncoding(other.to_owned())),
+        }
     }
 }
 

@@ -404,6 +404,20 @@ async fn beats_while_loki_is_down() {
     h.task.await.unwrap().unwrap();
 }
 
+#[test]
+fn encoding_names_parse_and_unknown_ones_are_named() {
+    assert_eq!("json".parse::<LokiEncoding>(), Ok(LokiEncoding::Json));
+    assert_eq!(
+        "protobuf".parse::<LokiEncoding>(),
+        Ok(LokiEncoding::Protobuf)
+    );
+    let err = "snappy".parse::<LokiEncoding>().unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "unknown loki encoding \"snappy\": use \"json\" or \"protobuf\""
+    );
+}
+
 #[tokio::test]
 async fn invalid_settings_are_errors_that_name_the_value() {
     let (_tx, rx) = mpsc::channel(1);
