@@ -4,9 +4,11 @@
 //! the task's id, spawn site (`TaskMeta::spawned_at()`), spawn time and optional name;
 //! `on_task_terminate` forgets it. The registry is meant to stay on in production, so the hooks
 //! are cheap:
-//! - a site is interned once per registry (a `Site` with atomic counters); each worker thread keeps
-//!   a private cache from the `&'static Location` to its `Site`, so the spawn path takes no shared
-//!   lock to find it;
+//! - a site is interned once per registry (a `Site` with atomic counters, allocated once and never
+//!   freed: site records are bounded by the spawn call sites in the binary); each worker thread
+//!   keeps a private cache from the `&'static Location` to its `&'static Site`, so the spawn path
+//!   takes no shared lock and no reference count to find it, and a live entry points straight at
+//!   its site so the terminate path needs no lookup at all;
 //! - live tasks sit in [`SHARDS`] small maps sharded by task id, each behind its own mutex, so two
 //!   workers rarely meet on one lock; entries hold no allocation unless the task has a name;
 //! - spawn times come from the coarse monotonic clock (a few ns, millisecond resolution: ages are
