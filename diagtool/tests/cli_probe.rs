@@ -55,7 +55,7 @@ impl Service {
                     n += 1;
                     // Short-lived work: every tick, a task that ends at once.
                     let _done = tokio::spawn(async {});
-                    if leak && n % 5 == 0 {
+                    if leak && n.is_multiple_of(5) {
                         // The leak: one task every 500 ms parked forever, never joined.
                         let _parked = spawn_named("leak-poll", std::future::pending::<()>());
                     }
