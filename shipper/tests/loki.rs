@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use diagtool::loki::Receiver;
 use support::{Env, wait_until};
@@ -161,5 +161,38 @@ fn kill_9_during_an_outage_then_restart_delivers_everything() {
     let dups = loki.r().lines().len() - expected.len();
     eprintln!("duplicates after kill -9 during an outage: {dups}");
     assert!(dups <= 10_000, "only unacknowledged lines are re-sent");
+    assert!(shipper.terminate(Duration::from_secs(15)).success());
+}
+
+#[test]
+fn sigterm_while_loki_hangs_exits_0_at_the_deadline_and_the_lines_come_next_run() {
+    let loki = Loki::start();
+    let mut env = Env::new();
+    env.top_extra = "shutdown_timeout = \"1s\"\n".into();
+    env.sink_table = Some(loki.sink("json", "request_timeout = \"30s\""));
+    let shipper = env.start();
+    loki.r().hang_for(Duration::from_secs(3600));
+    let expected: Vec<String> = (0..100).map(|i| format!("stuck {i}")).collect();
+    env.append("app.log", (expected.join("\n") + "\n").as_bytes());
+    wait_until(LIMIT, "a request held", || loki.r().hung_requests() >= 1);
+    let started = Instant::now();
+    let status = shipper.terminate(Duration::from_secs(10));
+    assert!(status.success(), "{status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    let cp = std::fs::read_to_string(env.path("data/checkpoints.json")).unwrap();
+    assert!(
+        cp.contains("\"offset\": 0"),
+        "nothing was acknowledged, nothing may be skipped: {cp}"
+    );
+    loki.r().clear_faults();
+    let shipper = env.start();
+    wait_until(LIMIT, "every line after the restart", || {
+        let set: std::collections::HashSet<String> = loki.r().lines().into_iter().collect();
+        expected.iter().all(|e| set.contains(e))
+    });
     assert!(shipper.terminate(Duration::from_secs(15)).success());
 }
