@@ -196,3 +196,65 @@ fn sigterm_while_loki_hangs_exits_0_at_the_deadline_and_the_lines_come_next_run(
     });
     assert!(shipper.terminate(Duration::from_secs(15)).success());
 }
+
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb / 1024.0
+}
+
+#[test]
+fn an_outage_stops_reading_and_memory_stays_bounded() {
+    let loki = Loki::start();
+    let mut env = Env::new();
+    env.sink_table = Some(loki.sink("json", "max_concurrency = 4"));
+    loki.r().fail_for(Duration::from_secs(3600), 503);
+    let total = 400_000usize;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(env.logs().join("big.log")).unwrap());
+    for i in 0..total {
+        use std::io::Write;
+        writeln!(f, "{i:08} {}", "m".repeat(140)).unwrap();
+    }
+    drop(f);
+    let file_bytes = std::fs::metadata(env.logs().join("big.log")).unwrap().len() as f64;
+    let shipper = env.start();
+    wait_until(LIMIT, "retries", || {
+        shipper.metric("shipper_batch_retries_total").unwrap_or(0.0) >= 3.0
+    });
+    // Backpressure: once the queues are full, reading stops.
+    let mut last = -1.0;
+    wait_until(LIMIT, "reading to stall", || {
+        let now = shipper.metric("shipper_read_bytes_total").unwrap_or(0.0);
+        let stalled = now == last;
+        last = now;
+        if !stalled {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        stalled
+    });
+    assert!(
+        last < file_bytes / 2.0,
+        "read {last} of {file_bytes} bytes while Loki was down"
+    );
+    let rss = rss_mib(shipper.child.id());
+    eprintln!(
+        "during the outage: read {:.1} MiB of {:.1} MiB, rss {rss:.1} MiB",
+        last / 1048576.0,
+        file_bytes / 1048576.0
+    );
+    assert!(rss < 150.0, "rss {rss} MiB");
+    let (code, _) = shipper.get("/health");
+    assert_eq!(code, 200, "an outage is not a dead component");
+    loki.r().clear_faults();
+    wait_until(LIMIT, "every line after the outage", || {
+        loki.r().count() >= total as u64
+    });
+    assert_eq!(loki.r().count(), total as u64);
+    assert_eq!(loki.r().rejected_bodies(), 0);
+    assert!(shipper.terminate(Duration::from_secs(15)).success());
+}
