@@ -66,7 +66,7 @@ async fn receive_until(
     }
 }
 
-async fn run_model(seed: u64, steps: usize) {
+async fn run_model(seed: u64, steps: usize, fs_events: bool) {
     let dir = tempfile::tempdir().unwrap();
     let logs = dir.path().join("logs");
     std::fs::create_dir_all(&logs).unwrap();
@@ -88,6 +88,7 @@ async fn run_model(seed: u64, steps: usize) {
         ledger: ledger.clone(),
         tx,
         events: Arc::new(MetricEvents),
+        fs_events,
     };
     let task = tokio::spawn(reader::run(parts, stop.clone(), || {}));
 
@@ -179,6 +180,12 @@ async fn run_model(seed: u64, steps: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reader_matches_the_model_across_rotation_truncation_and_recreation() {
     for seed in [1, 2, 3, 42] {
-        run_model(seed, 25).await;
+        run_model(seed, 25, true).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reader_matches_the_model_with_polling_only() {
+    // No filesystem events: discovery and reads rely on the poll fallback alone.
+    run_model(7, 20, false).await;
 }
