@@ -353,6 +353,17 @@ fn ctrl_c_stops_the_shipper_and_still_prints_the_document() {
 }
 
 #[test]
+fn sigterm_to_diagtool_ends_the_run_in_order() {
+    let run = Run::new("good", &profile("", "").replace("\"5s\"", "\"60s\""));
+    let cli = Cli::start(&run);
+    cli.signal(libc::SIGTERM);
+    let (code, out) = cli.finish();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("completed: interrupted by SIGTERM"), "{out}");
+    run.assert_shipper_gone();
+}
+
+#[test]
 fn killing_diagtool_outright_takes_the_shipper_down_too() {
     let run = Run::new("good", &profile("", "").replace("\"5s\"", "\"60s\""));
     let cli = Cli::start(&run);
