@@ -82,6 +82,29 @@ fn watch_names_the_leaking_site_exits_1_and_records_a_reportable_incident() {
         rec.join("dump.json").exists(),
         "a dump is fetched into the recording on a leak"
     );
+    assert_eq!(summary.threshold_per_min, Some(1.0));
+    let again = diagtool(
+        &[
+            "--target",
+            &target.url,
+            "watch",
+            "--duration",
+            "1s",
+            "--record",
+            rec_arg,
+        ],
+        LIMIT,
+    );
+    assert_eq!(
+        again.status.code(),
+        Some(2),
+        "an existing recording is not overwritten"
+    );
+    assert!(
+        stderr(&again).contains("already holds a recording"),
+        "{}",
+        stderr(&again)
+    );
 
     // The report built from it.
     let out = diagtool(&["report", rec_arg], LIMIT);
@@ -261,6 +284,20 @@ fn bad_target_url_exits_2() {
         Some(2),
         "the env var is read: {}",
         stderr(&out)
+    );
+}
+
+#[test]
+fn a_path_the_target_does_not_serve_exits_2_naming_it() {
+    let target = FakeTarget::start(Script::Clean);
+    let prefixed = format!("{}/not-the-debug-port", target.url);
+    let out = diagtool(&["--target", &prefixed, "snapshot"], LIMIT);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("/not-the-debug-port/debug/tasks") && err.contains("404"),
+        "{err}"
     );
 }
 
@@ -502,6 +539,47 @@ fn profile_saves_the_pprof_and_draws_its_flamegraph() {
         LIMIT,
     );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+#[test]
+fn ctrl_c_ends_the_watch_cleanly_with_the_summary() {
+    let target = FakeTarget::start(Script::Leaking);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_diagtool"))
+        .args([
+            "--target",
+            &target.url,
+            "watch",
+            "--interval",
+            "200ms",
+            "--json",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn diagtool");
+    let deadline = std::time::Instant::now() + LIMIT;
+    while target.requests() < 4 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let interrupt = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(interrupt.success());
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("watch did not stop on SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report =
+        WatchReport::from_json(last_line(&stdout(&out))).expect("summary printed on Ctrl-C");
+    assert!(report.samples >= 4, "{report:?}");
+    assert!(stderr(&out).contains("final: "), "{}", stderr(&out));
 }
 
 /// Compares `actual` with `tests/snapshots/NAME`; `UPDATE_SNAPSHOTS=1` rewrites the file.

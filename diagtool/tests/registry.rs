@@ -227,7 +227,7 @@ fn spawn_helpers_record_the_callers_line_and_name() {
         assert_eq!(task.name.as_deref(), Some(name));
     }
     // A plain spawn right after a named one does not inherit the name.
-    let plain = rt.block_on(async { tokio::spawn(std::future::pending::<()>()) });
+    let plain = rt.spawn(std::future::pending::<()>());
     let task = registry
         .live_tasks()
         .into_iter()

@@ -575,6 +575,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_failing_write_is_retried_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        // The temp file's name is taken by a directory: every write fails.
+        std::fs::create_dir(dir.path().join(TMP_NAME)).unwrap();
+        let ledger = Ledger::new(vec![]).shared();
+        with(&ledger, |l| l.open(id(5), Fingerprint::default(), "/f", 3));
+        let (tx, rx) = mpsc::unbounded_channel::<Vec<AckRef>>();
+        drop(tx);
+        let e = run(
+            ledger.clone(),
+            rx,
+            dir.path().into(),
+            Duration::from_secs(60),
+            CancellationToken::new(),
+            || {},
+        )
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("could not save positions"), "{e}");
+        assert!(
+            with(&ledger, |l| l.dirty),
+            "still dirty: the next flush tries again"
+        );
+        std::fs::remove_dir(dir.path().join(TMP_NAME)).unwrap();
+        let mut failing = true;
+        flush(&ledger, dir.path(), &mut failing);
+        assert!(!failing);
+        assert_eq!(load(dir.path()).unwrap()[0].offset, 3);
+    }
+
+    #[tokio::test]
     async fn checkpointer_writes_acknowledged_positions_on_drain() {
         let dir = tempfile::tempdir().unwrap();
         let ledger = Ledger::new(vec![]).shared();

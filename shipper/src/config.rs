@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::sink::loki::LokiSettings;
+
 /// The built-in configuration, used when no `--config` is given; `--print-default-config` prints it.
 pub const DEFAULT_CONFIG: &str = r#"# shipper configuration (the built-in default).
 data_dir = "./data"                  # positions (checkpoints) live here
@@ -606,7 +608,9 @@ impl Config {
                         ));
                     }
                 };
-                let max_concurrency = sink.max_concurrency.unwrap_or(8);
+                let max_concurrency = sink
+                    .max_concurrency
+                    .unwrap_or(LokiSettings::DEFAULT_MAX_CONCURRENCY);
                 if max_concurrency == 0 {
                     return Err(r.invalid("sink.max_concurrency", "must be at least 1"));
                 }
@@ -617,13 +621,13 @@ impl Config {
                     request_timeout: r.positive_duration(
                         "sink.request_timeout",
                         sink.request_timeout.as_deref(),
-                        Duration::from_secs(10),
+                        LokiSettings::DEFAULT_REQUEST_TIMEOUT,
                     )?,
                     max_concurrency,
                     backoff_max: r.positive_duration(
                         "sink.backoff_max",
                         sink.backoff_max.as_deref(),
-                        Duration::from_secs(30),
+                        LokiSettings::DEFAULT_BACKOFF_MAX,
                     )?,
                 }
             }

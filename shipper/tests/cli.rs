@@ -126,3 +126,25 @@ fn a_busy_main_port_is_a_runtime_error_naming_the_key() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("server.main_addr"), "{err}");
 }
+
+#[test]
+fn help_lists_every_contract_flag_with_its_default() {
+    let (code, out, _) = run_bin(&["--help"]);
+    assert_eq!(code, 0);
+    // Help wraps to the terminal width; compare with whitespace collapsed.
+    let out = out.split_whitespace().collect::<Vec<_>>().join(" ");
+    for flag in [
+        "--config <FILE>",
+        "--main-addr <ADDR>",
+        "--debug-addr <ADDR>",
+        "--console",
+        "--console-addr <ADDR>",
+        "--leak-lab <SCENARIO>",
+        "--check-config",
+        "--print-default-config",
+        "[default: 127.0.0.1:8401]",
+        "[default: 127.0.0.1:6060]",
+    ] {
+        assert!(out.contains(flag), "{flag} missing from --help:\n{out}");
+    }
+}

@@ -154,3 +154,30 @@ fn deleted_files_are_closed_and_new_files_are_picked_up() {
     assert!(!lines.contains(&"not matched".to_string()));
     assert!(shipper.terminate(Duration::from_secs(15)).success());
 }
+
+#[test]
+fn an_unreadable_file_is_reported_once_and_retried_until_it_works() {
+    let env = Env::new();
+    // A link to nothing matches the glob but cannot be opened.
+    let target = env.path("elsewhere/real.txt");
+    std::os::unix::fs::symlink(&target, env.logs().join("broken.log")).unwrap();
+    env.append("ok.log", b"fine\n");
+    let shipper = env.start();
+    wait_until(LIMIT, "the readable file", || env.delivered().len() == 1);
+    // Several discovery rounds (poll_interval 200ms) later, still one report.
+    wait_until(LIMIT, "the error counted", || {
+        shipper.metric("shipper_read_errors_total") == Some(1.0)
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(
+        shipper.metric("shipper_read_errors_total"),
+        Some(1.0),
+        "logged and counted once"
+    );
+    assert_eq!(shipper.stderr().matches("cannot read file").count(), 1);
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    std::fs::write(&target, b"now readable\n").unwrap();
+    wait_until(LIMIT, "the repaired file", || env.delivered().len() == 2);
+    assert_eq!(env.delivered()[1].line, "now readable");
+    assert!(shipper.terminate(Duration::from_secs(15)).success());
+}

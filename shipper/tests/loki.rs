@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use diagtool::loki::Receiver;
 use support::{Env, wait_until};
@@ -161,5 +161,100 @@ fn kill_9_during_an_outage_then_restart_delivers_everything() {
     let dups = loki.r().lines().len() - expected.len();
     eprintln!("duplicates after kill -9 during an outage: {dups}");
     assert!(dups <= 10_000, "only unacknowledged lines are re-sent");
+    assert!(shipper.terminate(Duration::from_secs(15)).success());
+}
+
+#[test]
+fn sigterm_while_loki_hangs_exits_0_at_the_deadline_and_the_lines_come_next_run() {
+    let loki = Loki::start();
+    let mut env = Env::new();
+    env.top_extra = "shutdown_timeout = \"1s\"\n".into();
+    env.sink_table = Some(loki.sink("json", "request_timeout = \"30s\""));
+    let shipper = env.start();
+    loki.r().hang_for(Duration::from_secs(3600));
+    let expected: Vec<String> = (0..100).map(|i| format!("stuck {i}")).collect();
+    env.append("app.log", (expected.join("\n") + "\n").as_bytes());
+    wait_until(LIMIT, "a request held", || loki.r().hung_requests() >= 1);
+    let started = Instant::now();
+    let status = shipper.terminate(Duration::from_secs(10));
+    assert!(status.success(), "{status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    let cp = std::fs::read_to_string(env.path("data/checkpoints.json")).unwrap();
+    assert!(
+        cp.contains("\"offset\": 0"),
+        "nothing was acknowledged, nothing may be skipped: {cp}"
+    );
+    loki.r().clear_faults();
+    let shipper = env.start();
+    wait_until(LIMIT, "every line after the restart", || {
+        let set: std::collections::HashSet<String> = loki.r().lines().into_iter().collect();
+        expected.iter().all(|e| set.contains(e))
+    });
+    assert!(shipper.terminate(Duration::from_secs(15)).success());
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb / 1024.0
+}
+
+#[test]
+fn an_outage_stops_reading_and_memory_stays_bounded() {
+    let loki = Loki::start();
+    let mut env = Env::new();
+    env.sink_table = Some(loki.sink("json", "max_concurrency = 4"));
+    loki.r().fail_for(Duration::from_secs(3600), 503);
+    let total = 400_000usize;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(env.logs().join("big.log")).unwrap());
+    for i in 0..total {
+        use std::io::Write;
+        writeln!(f, "{i:08} {}", "m".repeat(140)).unwrap();
+    }
+    drop(f);
+    let file_bytes = std::fs::metadata(env.logs().join("big.log")).unwrap().len() as f64;
+    let shipper = env.start();
+    wait_until(LIMIT, "retries", || {
+        shipper.metric("shipper_batch_retries_total").unwrap_or(0.0) >= 3.0
+    });
+    // Backpressure: once the queues are full, reading stops.
+    let mut last = -1.0;
+    wait_until(LIMIT, "reading to stall", || {
+        let now = shipper.metric("shipper_read_bytes_total").unwrap_or(0.0);
+        let stalled = now == last;
+        last = now;
+        if !stalled {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        stalled
+    });
+    assert!(
+        last < file_bytes / 2.0,
+        "read {last} of {file_bytes} bytes while Loki was down"
+    );
+    let rss = rss_mib(shipper.child.id());
+    eprintln!(
+        "during the outage: read {:.1} MiB of {:.1} MiB, rss {rss:.1} MiB",
+        last / 1048576.0,
+        file_bytes / 1048576.0
+    );
+    assert!(rss < 150.0, "rss {rss} MiB");
+    let (code, _) = shipper.get("/health");
+    assert_eq!(code, 200, "an outage is not a dead component");
+    loki.r().clear_faults();
+    wait_until(LIMIT, "every line after the outage", || {
+        loki.r().count() >= total as u64
+    });
+    assert_eq!(loki.r().count(), total as u64);
+    assert_eq!(loki.r().rejected_bodies(), 0);
     assert!(shipper.terminate(Duration::from_secs(15)).success());
 }

@@ -113,3 +113,20 @@ fn read_from_end_skips_old_content_of_files_found_at_startup_only() {
     lines.sort();
     assert_eq!(lines, vec!["later file line", "new line"]);
 }
+
+#[test]
+fn an_unfinished_last_line_is_not_shipped_until_its_newline_even_across_a_restart() {
+    let env = Env::new();
+    env.append("app.log", b"done\nhalf");
+    let shipper = env.start();
+    wait_until(LIMIT, "the finished line", || env.delivered().len() == 1);
+    assert!(shipper.terminate(Duration::from_secs(15)).success());
+    let cp = std::fs::read_to_string(env.path("data/checkpoints.json")).unwrap();
+    assert!(cp.contains("\"offset\": 5"), "{cp}");
+    env.append("app.log", b" and half\n");
+    let shipper = env.start();
+    wait_until(LIMIT, "the completed line", || env.delivered().len() == 2);
+    assert!(shipper.terminate(Duration::from_secs(15)).success());
+    let lines: Vec<String> = env.delivered().into_iter().map(|e| e.line).collect();
+    assert_eq!(lines, vec!["done", "half and half"]);
+}

@@ -70,6 +70,8 @@ pub struct Analysis {
     pub sites: Vec<SiteGrowth>,
     /// Each site's series over the analysed samples (same order as `sites`).
     pub series: Vec<SiteSeries>,
+    /// The threshold the verdicts used, in tasks per minute.
+    pub threshold_per_min: f64,
 }
 
 impl Analysis {
@@ -94,6 +96,7 @@ impl Analysis {
             sites: self.sites.iter().map(|s| s.row.clone()).collect(),
             errors,
             restarts: self.restarts.clone(),
+            threshold_per_min: Some(self.threshold_per_min),
         }
     }
 }
@@ -157,6 +160,7 @@ pub fn analyze(snapshots: &[Snapshot], options: &Options) -> Analysis {
         total,
         sites,
         series,
+        threshold_per_min: options.threshold_per_min,
     }
 }
 

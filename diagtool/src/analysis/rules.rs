@@ -169,18 +169,25 @@ impl StillGrowing {
     }
 }
 
-/// A leaking site's oldest task is about as old as its growth: at the last sample it is at least
-/// `min_fraction` of the time since the site first had live tasks in the window. Tasks that come
-/// and go stay young. Without age figures (all zero) the rule cannot tell and holds.
+/// A leaking site's tasks age with the wall clock: at the last sample its oldest task is at least
+/// `min_fraction` of the time since the site first had live tasks in the window, and its median
+/// task at least `min_median_fraction` of it (one old task does not make a backlog of young ones a
+/// leak). Tasks that come and go stay young. Without age figures (all zero) a part cannot tell and
+/// holds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgeCorroboration {
     /// Least oldest-age, as a share of the time the site has had live tasks.
     pub min_fraction: f64,
+    /// Least median age, as a share of the time the site has had live tasks.
+    pub min_median_fraction: f64,
 }
 
 impl Default for AgeCorroboration {
     fn default() -> Self {
-        AgeCorroboration { min_fraction: 0.5 }
+        AgeCorroboration {
+            min_fraction: 0.5,
+            min_median_fraction: 0.2,
+        }
     }
 }
 
@@ -204,16 +211,25 @@ impl AgeCorroboration {
             .find(|p| p.live > 0)
             .map_or(last.t_s, |p| p.t_s);
         let alive_for = last.t_s - since;
-        let ok = last.oldest_age_s >= alive_for * self.min_fraction;
-        let reason = if ok {
-            format!("oldest task {:.0}s old", last.oldest_age_s)
-        } else {
-            format!(
+        if last.oldest_age_s < alive_for * self.min_fraction {
+            let reason = format!(
                 "oldest task only {:.0}s old after {alive_for:.0}s of growth: tasks come and go",
                 last.oldest_age_s
-            )
-        };
-        Check { ok, reason }
+            );
+            return Check { ok: false, reason };
+        }
+        let has_median = points.iter().any(|p| p.median_age_s > 0.0);
+        if has_median && last.median_age_s < alive_for * self.min_median_fraction {
+            let reason = format!(
+                "median task only {:.0}s old after {alive_for:.0}s of growth: a backlog of young tasks",
+                last.median_age_s
+            );
+            return Check { ok: false, reason };
+        }
+        Check {
+            ok: true,
+            reason: format!("oldest task {:.0}s old", last.oldest_age_s),
+        }
     }
 }
 

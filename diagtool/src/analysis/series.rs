@@ -20,6 +20,8 @@ pub struct Point {
     pub live: u64,
     /// Age of the site's oldest live task, in seconds (0 when none or unknown).
     pub oldest_age_s: f64,
+    /// Median age of the site's live tasks, in seconds (0 when none or unknown).
+    pub median_age_s: f64,
 }
 
 /// A site's points, one per sample of the segment, in time order.
@@ -76,6 +78,7 @@ pub fn site_series(segment: &[Snapshot]) -> Vec<SiteSeries> {
                 t_s: t[i],
                 live: found.map_or(0, |s| s.live),
                 oldest_age_s: found.map_or(0.0, |s| s.oldest_age_s),
+                median_age_s: found.map_or(0.0, |s| s.median_age_s),
             });
         }
     }

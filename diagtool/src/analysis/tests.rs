@@ -477,6 +477,7 @@ fn floor_rule_reads_minima_of_stretches() {
             t_s: i as f64,
             live,
             oldest_age_s: 0.0,
+            median_age_s: 0.0,
         })
         .collect();
     let rule = RisingFloor::default();
@@ -503,6 +504,7 @@ fn still_growing_allows_a_quiet_end_of_one_and_a_half_step_periods() {
             t_s: f64::from(i),
             live: if i < 55 { 16 } else { 32 },
             oldest_age_s: 0.0,
+            median_age_s: 0.0,
         })
         .collect();
     let rule = StillGrowing::default();
@@ -517,5 +519,27 @@ fn still_growing_allows_a_quiet_end_of_one_and_a_half_step_periods() {
     assert!(
         rule.check(&pts, Some(&step)).ok,
         "45 s quiet is within 1.5 periods of 30 s"
+    );
+}
+
+#[test]
+fn one_old_task_over_a_growing_backlog_of_young_ones_is_growing_not_leak() {
+    // A long-lived parent (oldest age keeps rising) over a backlog of 2 s-old tasks that grows.
+    let at = |t: f64| vec![(BURST, 1 + (t * 2.0) as u64, 600.0 + t)];
+    let mut series = snaps(&every(1.0, 60.0), 600.0, at);
+    for s in &mut series {
+        s.sites[0].median_age_s = 2.0;
+    }
+    let a = analyze(&series, &Options::default());
+    assert_eq!(
+        verdict_of(&a, BURST),
+        Verdict::Growing,
+        "{}",
+        why(&a, BURST)
+    );
+    assert!(
+        why(&a, BURST).contains("median task only 2s old"),
+        "{}",
+        why(&a, BURST)
     );
 }

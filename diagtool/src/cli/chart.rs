@@ -155,7 +155,8 @@ fn nice_axis(max: f64) -> (f64, f64) {
         .map(|m| m * magnitude)
         .find(|s| *s >= raw)
         .unwrap_or(10.0 * magnitude);
-    (step, (max / step).ceil() * step)
+    // A point a hair past a round number (6.003 s) should not add a whole empty tick.
+    (step, (max / step - 0.02).ceil().max(1.0) * step)
 }
 
 fn number(v: f64) -> String {
@@ -202,6 +203,7 @@ mod tests {
         assert_eq!(nice_axis(48.0), (10.0, 50.0));
         assert_eq!(nice_axis(3.0), (1.0, 3.0));
         assert_eq!(nice_axis(123.0), (50.0, 150.0));
+        assert_eq!(nice_axis(6.003), (2.0, 6.0));
     }
 
     #[test]

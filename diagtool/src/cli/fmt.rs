@@ -50,7 +50,9 @@ impl fmt::Display for Dur {
 
 /// A short duration: `450ms`, `12s`, `12.5s`, `3m05s`, `2h10m`.
 pub(crate) fn secs(s: f64) -> String {
-    if s < 1.0 {
+    if s == 0.0 {
+        "0s".to_owned()
+    } else if s < 1.0 {
         format!("{:.0}ms", s * 1000.0)
     } else if s < 60.0 {
         let tenths = (s * 10.0).round() / 10.0;
@@ -157,6 +159,7 @@ mod tests {
         assert_eq!(secs(125.0), "2m05s");
         assert_eq!(secs(7380.0), "2h03m");
         assert_eq!(secs(12.25), "12.3s");
+        assert_eq!(secs(0.0), "0s");
     }
 
     #[test]

@@ -238,12 +238,14 @@ async fn remote(client: Client, command: Command) -> anyhow::Result<ExitCode> {
             output,
             flamegraph,
         } => commands::profile(&client, seconds, &output, flamegraph.as_deref()).await,
+        // Local commands are dispatched by `run` before a client exists; reaching here is a bug
+        // worth an error, not a panic.
         Command::Diff { .. }
         | Command::Flamegraph { .. }
         | Command::Report { .. }
-        | Command::Soak(_) => {
-            unreachable!("local commands run without a client")
-        }
+        | Command::Soak(_) => Err(anyhow::anyhow!(
+            "internal error: a local command was sent to the target"
+        )),
     }
 }
 

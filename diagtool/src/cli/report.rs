@@ -41,7 +41,13 @@ pub(super) fn report(dir: &Path, output: Option<&Path>) -> anyhow::Result<ExitCo
     let recording = load(dir)?;
     let out = output.map_or_else(|| dir.join("report.md"), Path::to_path_buf);
     let svg_path = chart_path(&out);
-    let analysis = analyze(&recording.snapshots, &Options::default());
+    // Judge with the threshold the watch used, so the report agrees with what it printed.
+    let threshold = recording.summary.as_ref().and_then(|s| s.threshold_per_min);
+    let options = Options {
+        threshold_per_min: threshold.unwrap_or(crate::analysis::DEFAULT_THRESHOLD_PER_MIN),
+        ..Options::default()
+    };
+    let analysis = analyze(&recording.snapshots, &options);
     let svg_name = svg_path
         .file_name()
         .map_or_else(|| "chart.svg".into(), |n| n.to_string_lossy().into_owned());
@@ -449,5 +455,83 @@ mod tests {
             "leaklab.rs:88:17"
         );
         assert_eq!(cell("a|b"), "a\\|b");
+    }
+
+    /// A leak of 2 tasks per second over `n` samples a second apart, starting at `uptime`.
+    fn leaking(n: u64, uptime: f64, at_ms: u64) -> Vec<Snapshot> {
+        (0..n)
+            .map(|i| {
+                let live = 2 * (i + 1);
+                Snapshot {
+                    schema: crate::model::SNAPSHOT_SCHEMA.into(),
+                    service: "svc".into(),
+                    taken_at_ms: at_ms + 1000 * i,
+                    uptime_s: uptime + i as f64,
+                    process: Default::default(),
+                    runtime: Default::default(),
+                    tasks: crate::model::TaskTotals {
+                        live,
+                        ..Default::default()
+                    },
+                    sites: vec![crate::model::SiteStats {
+                        site: "src/leak.rs:9:5".into(),
+                        live,
+                        spawned_total: live,
+                        oldest_age_s: i as f64 + 0.5,
+                        ..Default::default()
+                    }],
+                    tasks_detail: None,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn report_without_a_dump_says_so_and_notes_restarts() {
+        let mut snapshots = leaking(5, 500.0, 1_764_270_000_000);
+        snapshots.extend(leaking(40, 1.0, 1_764_270_010_000));
+        let recording = Recording {
+            snapshots,
+            summary: None,
+            dump: None,
+        };
+        let analysis = analyze(&recording.snapshots, &Options::default());
+        let md = markdown(&recording, &analysis, "r-live.svg");
+        assert!(
+            md.contains("**Restart:** the target restarted before sample 6"),
+            "{md}"
+        );
+        assert!(md.contains("45 samples"), "{md}");
+        assert!(md.contains("### `src/leak.rs:9:5`"), "{md}");
+        assert!(md.contains("no task dump was recorded"), "{md}");
+        assert!(md.contains("30 of 40 samples shown"), "{md}");
+        // The timeline starts at the restart: the first row is the new process's first sample.
+        assert!(md.contains("| 19:00:10 | 0s | 2 |  | 2 |"), "{md}");
+        let svg = chart(&recording, &analysis);
+        assert_eq!(svg.matches("<polyline stroke=").count(), 1);
+    }
+
+    #[test]
+    fn report_of_a_quiet_recording_has_no_leak_section() {
+        let flat: Vec<Snapshot> = leaking(1, 5.0, 0)
+            .into_iter()
+            .cycle()
+            .take(6)
+            .enumerate()
+            .map(|(i, mut s)| {
+                s.taken_at_ms = 1000 * i as u64;
+                s.uptime_s = 5.0 + i as f64;
+                s
+            })
+            .collect();
+        let recording = Recording {
+            snapshots: flat,
+            summary: None,
+            dump: None,
+        };
+        let analysis = analyze(&recording.snapshots, &Options::default());
+        let md = markdown(&recording, &analysis, "r-live.svg");
+        assert!(md.contains("**Verdict: ok**"), "{md}");
+        assert!(!md.contains("## Leaking sites"), "{md}");
     }
 }

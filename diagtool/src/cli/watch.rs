@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use comfy_table::ContentArrangement;
+use comfy_table::{ColumnConstraint, ContentArrangement, Width};
 
 use super::commands::{right_align, table};
 use super::fmt::{rate, secs};
@@ -218,14 +218,12 @@ impl View {
 
     /// Draws one frame and returns it without terminal control codes (for the recording).
     fn frame(&mut self, analysis: &Analysis, errors: u64, last: bool) -> anyhow::Result<String> {
-        let text = render(
-            analysis,
-            &self.target,
-            errors,
-            self.top,
-            last,
-            self.in_place,
-        );
+        let screen = match (self.in_place, self.to_stderr) {
+            (false, _) => Screen::Piped,
+            (true, false) => Screen::Stdout,
+            (true, true) => Screen::Stderr,
+        };
+        let text = render(analysis, &self.target, errors, self.top, last, screen);
         if self.in_place {
             // Home and clear, then the new frame: a live view that keeps no stale rows.
             self.write(&format!("\x1b[H\x1b[2J{text}"))?;
@@ -236,6 +234,17 @@ impl View {
     }
 }
 
+/// Where a frame is drawn, so the table fits the terminal it is shown on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Screen {
+    /// Not a terminal: no wrapping, no control codes.
+    Piped,
+    /// The terminal on standard output.
+    Stdout,
+    /// The terminal on standard error (`--json`).
+    Stderr,
+}
+
 /// The header line, the growth table (top `top` sites) and a line per leaking site saying why.
 pub(super) fn render(
     analysis: &Analysis,
@@ -243,7 +252,7 @@ pub(super) fn render(
     errors: u64,
     top: usize,
     last: bool,
-    tty: bool,
+    screen: Screen,
 ) -> String {
     let verdict = match analysis.verdict() {
         Overall::Leak => "LEAK",
@@ -282,10 +291,33 @@ pub(super) fn render(
         "oldest age",
         "verdict",
     ]);
-    if tty {
-        t.set_content_arrangement(ContentArrangement::Dynamic);
-    } else {
-        t.force_no_tty();
+    match screen {
+        Screen::Piped => {
+            t.force_no_tty();
+        }
+        Screen::Stdout => {
+            t.set_content_arrangement(ContentArrangement::Dynamic);
+        }
+        Screen::Stderr => {
+            // The terminal size is looked up on standard output, which carries the JSON here:
+            // fit to $COLUMNS when the shell exports it, else let the terminal wrap.
+            t.use_stderr();
+            if let Some(width) = std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()) {
+                t.set_width(width)
+                    .set_content_arrangement(ContentArrangement::Dynamic);
+            }
+        }
+    }
+    // The spawn site is what the operator reads: keep it whole before wrapping other columns.
+    let longest = analysis
+        .sites
+        .iter()
+        .take(top)
+        .map(|s| s.row.site.chars().count())
+        .max();
+    if let (Some(longest), Some(column)) = (longest, t.column_mut(0)) {
+        let keep = u16::try_from(longest.min(48) + 2).unwrap_or(50); // + padding
+        column.set_constraint(ColumnConstraint::LowerBoundary(Width::Fixed(keep)));
     }
     for s in analysis.sites.iter().take(top) {
         let r = &s.row;
@@ -372,5 +404,76 @@ impl Recorder {
             serde_json::to_string_pretty(report).context("cannot encode the watch document")?;
         self.write("summary.json", &format!("{json}\n"))?;
         self.write("summary.txt", table)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{SNAPSHOT_SCHEMA, SiteStats, TaskTotals};
+
+    fn snap(at_s: u64, uptime: f64, sites: &[(&str, u64)]) -> Snapshot {
+        Snapshot {
+            schema: SNAPSHOT_SCHEMA.into(),
+            service: "svc".into(),
+            taken_at_ms: at_s * 1000,
+            uptime_s: uptime,
+            process: Default::default(),
+            runtime: Default::default(),
+            tasks: TaskTotals {
+                live: sites.iter().map(|s| s.1).sum(),
+                ..Default::default()
+            },
+            sites: sites
+                .iter()
+                .map(|&(site, live)| SiteStats {
+                    site: site.into(),
+                    live,
+                    oldest_age_s: uptime,
+                    ..Default::default()
+                })
+                .collect(),
+            tasks_detail: None,
+        }
+    }
+
+    #[test]
+    fn frame_has_header_top_rows_overflow_restart_and_leak_lines() {
+        let mut snaps = vec![snap(0, 900.0, &[("old.rs:1:1", 9)])];
+        for i in 0..10u64 {
+            snaps.push(snap(
+                10 + i,
+                1.0 + i as f64,
+                &[
+                    ("leak.rs:1:1", 2 * (i + 1)),
+                    ("a.rs:1:1", 3),
+                    ("b.rs:1:1", 1),
+                ],
+            ));
+        }
+        let analysis = analyze(&snaps, &Options::default());
+        let text = render(
+            &analysis,
+            "http://127.0.0.1:6060",
+            2,
+            2,
+            true,
+            Screen::Piped,
+        );
+        let first = text.lines().next().unwrap_or_default();
+        assert_eq!(
+            first,
+            "final: http://127.0.0.1:6060: 11 samples over 9s, 24 live tasks (+18, +120.0/min), verdict LEAK, 2 failed attempts"
+        );
+        assert!(
+            text.contains(
+                "the target restarted before sample 2 (uptime 1s); analysing the 10 samples since"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("... and 1 more sites"), "{text}");
+        assert!(text.contains("leak at leak.rs:1:1: floor rose"), "{text}");
+        assert!(text.contains("+2/1s"), "{text}");
+        assert!(!text.contains("b.rs:1:1"), "only the top 2 rows: {text}");
     }
 }

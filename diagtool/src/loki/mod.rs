@@ -5,6 +5,7 @@
 //! The receiver validates every body with the same [`wire::decode_push`] rules Loki applies, so a
 //! test that counts zero rejected bodies proves the client never sent one Loki would refuse.
 
+mod labels;
 pub mod receiver;
 pub mod wire;
 

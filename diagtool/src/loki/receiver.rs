@@ -53,7 +53,7 @@ pub struct ReceivedEntry {
 }
 
 /// What the receiver saw and answered for one push request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RequestRecord {
     /// The status answered.
     pub status: u16,
@@ -70,6 +70,9 @@ pub struct RequestRecord {
     /// Why the request was not accepted: the decode error, the rule, or the injected fault.
     pub error: Option<String>,
 }
+
+/// The status recorded for a held request whose client gave up (nginx's "client closed request").
+pub const STATUS_CLIENT_GAVE_UP: u16 = 499;
 
 /// Options for a [`Receiver`]; [`Receiver::start`] uses the defaults.
 #[derive(Debug, Clone)]
@@ -476,7 +479,12 @@ async fn push(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         Some(Fault::Hang(until)) => {
             shared.hung.fetch_add(1, Ordering::Relaxed);
             shared.notify.notify_waiters();
-            // If the client gives up, hyper drops this future here: nothing is recorded.
+            // If the client gives up, the server drops this future while it waits; the guard
+            // then records the request as 499 (nginx's "client closed request").
+            let mut held = Held {
+                shared: &shared,
+                record: Some(record),
+            };
             match until {
                 Some(until) => tokio::select! {
                     _ = shared.cancel.cancelled() => {}
@@ -484,6 +492,7 @@ async fn push(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
                 },
                 None => shared.cancel.cancelled().await,
             }
+            let record = held.record.take().unwrap_or_default();
             let status = StatusCode::SERVICE_UNAVAILABLE;
             return finish(&shared, record, status, "injected hang ended".into(), None);
         }
@@ -511,6 +520,28 @@ async fn push(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
 
     store(&shared, streams, record.tenant.as_deref());
     finish(&shared, record, StatusCode::NO_CONTENT, String::new(), None)
+}
+
+/// A request held by a hang fault; recorded as [`STATUS_CLIENT_GAVE_UP`] if dropped while held.
+struct Held<'a> {
+    shared: &'a Shared,
+    record: Option<RequestRecord>,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if let Some(record) = self.record.take() {
+            let status =
+                StatusCode::from_u16(STATUS_CLIENT_GAVE_UP).unwrap_or(StatusCode::REQUEST_TIMEOUT);
+            let _ = finish(
+                self.shared,
+                record,
+                status,
+                "client gave up during an injected hang".into(),
+                None,
+            );
+        }
+    }
 }
 
 fn store(shared: &Shared, streams: Vec<Stream>, tenant: Option<&str>) {

@@ -229,6 +229,11 @@ async fn hang_next_holds_until_the_client_gives_up() {
     let got = tokio::time::timeout(Duration::from_millis(200), conn.read(&mut buf)).await;
     assert!(got.is_err(), "a hung request must not be answered");
     drop(conn); // the client gives up
+    assert!(
+        r.wait_until(T, || r.requests().len() == 1).await,
+        "a request whose client gave up is recorded"
+    );
+    assert_eq!(r.requests()[0].status, STATUS_CLIENT_GAVE_UP);
 
     assert_eq!(push_json(&r, &["next"]).await.status, 204);
     assert_eq!(r.lines(), ["next"]);
@@ -336,4 +341,33 @@ async fn latency_delays_answers_and_in_flight_is_tracked() {
     assert!(took >= Duration::from_millis(200), "{took:?}");
     assert_eq!(r.max_in_flight(), 2);
     r.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_does_not_wait_for_idle_keep_alive_connections() {
+    let r = Receiver::start().await.unwrap();
+    let body = json_body(&["a"]);
+    let mut conn = TcpStream::connect(r.addr()).await.unwrap();
+    let head = format!(
+        "POST {PUSH_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(&body).await.unwrap();
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(T, conn.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 204"));
+    // The connection stays open and idle, as a client's pool keeps it.
+    let started = Instant::now();
+    r.shutdown().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(conn);
 }

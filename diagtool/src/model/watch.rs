@@ -45,6 +45,9 @@ pub struct WatchReport {
     /// only the samples since the last one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub restarts: Vec<Restart>,
+    /// The growth threshold the verdicts used, in tasks per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold_per_min: Option<f64>,
 }
 
 impl WatchReport {

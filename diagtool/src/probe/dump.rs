@@ -228,12 +228,11 @@ fn strip_hash(name: &str) -> &str {
 
 /// Splits `function at file:line` into a pprof frame.
 fn pprof_frame(text: &str) -> Frame {
-    if let Some((function, place)) = text.rsplit_once(" at ") {
-        if let Some((file, line)) = place.rsplit_once(':') {
-            if let Ok(line) = line.parse() {
-                return Frame::at(function, file, line);
-            }
-        }
+    if let Some((function, place)) = text.rsplit_once(" at ")
+        && let Some((file, line)) = place.rsplit_once(':')
+        && let Ok(line) = line.parse()
+    {
+        return Frame::at(function, file, line);
     }
     Frame::named(text)
 }

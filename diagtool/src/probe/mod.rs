@@ -9,7 +9,7 @@
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let mut runtime = tokio::runtime::Builder::new_multi_thread();
-//! let probe = diagtool::probe::Probe::builder("shipper").with_default_env()?.install(&mut runtime)?;
+//! let probe = diagtool::probe::init("shipper", &mut runtime)?;
 //! runtime.enable_all().build()?.block_on(async {
 //!     let cancel = tokio_util::sync::CancellationToken::new();
 //!     let server = diagtool::probe::spawn_named("debug-server", probe.clone().serve(cancel.clone()));
@@ -93,6 +93,29 @@ pub enum ProbeError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// The one-liner: a probe for `service` with every default, overridden by the environment
+/// ([`ProbeBuilder::with_default_env`]), its hooks installed on `runtime`.
+///
+/// # Examples
+/// ```
+/// let mut runtime = tokio::runtime::Builder::new_multi_thread();
+/// let probe = diagtool::probe::init("demo", &mut runtime).unwrap();
+/// let runtime = runtime.worker_threads(1).enable_all().build().unwrap();
+/// runtime.block_on(async {
+///     let task = diagtool::probe::spawn_named("worker", std::future::pending::<()>());
+///     assert_eq!(probe.snapshot(false).tasks.live, 1);
+///     task.abort();
+/// });
+/// ```
+pub fn init(
+    service: impl Into<String>,
+    runtime: &mut tokio::runtime::Builder,
+) -> Result<Probe, ProbeError> {
+    ProbeBuilder::new(service)
+        .with_default_env()?
+        .install(runtime)
 }
 
 /// Configures a [`Probe`]; every setting has a named default.

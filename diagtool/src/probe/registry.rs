@@ -4,9 +4,11 @@
 //! the task's id, spawn site (`TaskMeta::spawned_at()`), spawn time and optional name;
 //! `on_task_terminate` forgets it. The registry is meant to stay on in production, so the hooks
 //! are cheap:
-//! - a site is interned once per registry (a `Site` with atomic counters); each worker thread keeps
-//!   a private cache from the `&'static Location` to its `Site`, so the spawn path takes no shared
-//!   lock to find it;
+//! - a site is interned once per registry (a `Site` with atomic counters, allocated once and never
+//!   freed: site records are bounded by the spawn call sites in the binary); each worker thread
+//!   keeps a private cache from the `&'static Location` to its `&'static Site`, so the spawn path
+//!   takes no shared lock and no reference count to find it, and a live entry points straight at
+//!   its site so the terminate path needs no lookup at all;
 //! - live tasks sit in [`SHARDS`] small maps sharded by task id, each behind its own mutex, so two
 //!   workers rarely meet on one lock; entries hold no allocation unless the task has a name;
 //! - spawn times come from the coarse monotonic clock (a few ns, millisecond resolution: ages are
@@ -66,10 +68,10 @@ struct Site {
 pub const MAX_NAMES_PER_SITE: usize = 16;
 
 impl Site {
-    fn remember(&self, name: &Cow<'static, str>) {
+    fn remember(&self, name: Cow<'static, str>) {
         let mut names = lock(&self.names);
-        if names.len() < MAX_NAMES_PER_SITE && !names.contains(name) {
-            names.push(name.clone());
+        if names.len() < MAX_NAMES_PER_SITE && !names.contains(&name) {
+            names.push(name);
         }
     }
 }
@@ -77,7 +79,7 @@ impl Site {
 /// A live task as the shard map keeps it.
 #[derive(Debug)]
 struct Entry {
-    site: &'static Location<'static>,
+    site: &'static Site,
     born_ns: u64,
     name: Option<Cow<'static, str>>,
 }
@@ -87,7 +89,10 @@ struct Inner {
     /// Distinguishes registries in the per-thread site caches.
     key: u64,
     started_ns: u64,
-    sites: Mutex<FastMap<usize, Arc<Site>>>,
+    /// Site records, allocated once per (registry, spawn site) and never freed, so entries and
+    /// per-thread caches hold plain `&'static` references: no reference count on the hot path.
+    /// They are bounded by the number of spawn call sites in the binary (about 100 bytes each).
+    sites: Mutex<FastMap<usize, &'static Site>>,
     shards: Box<[Mutex<FastMap<Id, Entry>>]>,
 }
 
@@ -152,7 +157,7 @@ pub struct Totals {
 
 thread_local! {
     /// This thread's view of one registry's sites: (registry key, location address -> site).
-    static SITE_CACHE: RefCell<(u64, FastMap<usize, Arc<Site>>)> =
+    static SITE_CACHE: RefCell<(u64, FastMap<usize, &'static Site>)> =
         RefCell::new((0, FastMap::default()));
     /// A name waiting for the next spawn on this thread (set by `spawn_named`).
     static PENDING_NAME: RefCell<Option<Cow<'static, str>>> = const { RefCell::new(None) };
@@ -260,12 +265,12 @@ impl TaskRegistry {
                 None => return,
             }
         };
-        self.inner.with_site(site, |site| site.remember(&name));
+        site.remember(name);
     }
 
     /// The names each site remembers (see [`MAX_NAMES_PER_SITE`]), by shortened site.
     pub fn site_names(&self) -> Vec<(String, std::collections::BTreeSet<String>)> {
-        let sites: Vec<Arc<Site>> = lock(&self.inner.sites).values().cloned().collect();
+        let sites: Vec<&'static Site> = lock(&self.inner.sites).values().copied().collect();
         sites
             .iter()
             .filter_map(|site| {
@@ -282,7 +287,7 @@ impl TaskRegistry {
 
     /// The counters of every site seen so far, in no particular order.
     pub fn sites(&self) -> Vec<SiteCounts> {
-        let sites: Vec<Arc<Site>> = lock(&self.inner.sites).values().cloned().collect();
+        let sites: Vec<&'static Site> = lock(&self.inner.sites).values().copied().collect();
         sites
             .iter()
             .map(|site| {
@@ -321,7 +326,7 @@ impl TaskRegistry {
                 .map(|(id, entry)| {
                     (
                         *id,
-                        entry.site,
+                        entry.site.location,
                         entry.born_ns,
                         entry.name.as_deref().map(str::to_owned),
                     )
@@ -358,48 +363,42 @@ impl Inner {
         &self.shards[index]
     }
 
-    /// The site of `location`, interned on first sight, through this thread's cache.
-    fn site(&self, location: &'static Location<'static>) -> Arc<Site> {
+    /// The site of `location`: from this thread's cache, else interned (first sight) under the
+    /// registry-wide lock and then cached on this thread.
+    fn site(&self, location: &'static Location<'static>) -> &'static Site {
         let address = location as *const Location<'static> as usize;
-        let site = Arc::clone(lock(&self.sites).entry(address).or_insert_with(|| {
-            Arc::new(Site {
+        // `try_with`: hooks also fire while a thread's locals are being destroyed.
+        let cached = SITE_CACHE
+            .try_with(|cache| {
+                let cache = cache.try_borrow().ok()?;
+                if cache.0 == self.key {
+                    cache.1.get(&address).copied()
+                } else {
+                    None
+                }
+            })
+            .ok()
+            .flatten();
+        if let Some(site) = cached {
+            return site;
+        }
+        let site: &'static Site = lock(&self.sites).entry(address).or_insert_with(|| {
+            Box::leak(Box::new(Site {
                 location,
                 spawned: AtomicU64::new(0),
                 terminated: AtomicU64::new(0),
                 names: Mutex::new(Vec::new()),
-            })
-        }));
-        // `try_with`: hooks also fire while a thread's locals are being destroyed.
+            }))
+        });
         let _ = SITE_CACHE.try_with(|cache| {
             if let Ok(mut cache) = cache.try_borrow_mut() {
                 if cache.0 != self.key {
                     *cache = (self.key, FastMap::default());
                 }
-                cache.1.insert(address, Arc::clone(&site));
+                cache.1.insert(address, site);
             }
         });
         site
-    }
-
-    /// Runs `f` on the site of `location`. The fast path borrows the site from this thread's
-    /// cache, touching neither a shared lock nor a reference count.
-    fn with_site(&self, location: &'static Location<'static>, f: impl FnOnce(&Site)) {
-        let address = location as *const Location<'static> as usize;
-        let mut f = Some(f);
-        let _ = SITE_CACHE.try_with(|cache| {
-            if let Ok(cache) = cache.try_borrow() {
-                if cache.0 == self.key {
-                    if let Some(site) = cache.1.get(&address) {
-                        if let Some(f) = f.take() {
-                            f(site);
-                        }
-                    }
-                }
-            }
-        });
-        if let Some(f) = f {
-            f(&self.site(location));
-        }
     }
 
     fn spawned(&self, id: Id, location: &'static Location<'static>) {
@@ -407,28 +406,23 @@ impl Inner {
             .try_with(|slot| slot.try_borrow_mut().ok().and_then(|mut slot| slot.take()))
             .ok()
             .flatten();
-        self.with_site(location, |site| {
-            site.spawned.fetch_add(1, Ordering::AcqRel);
-            if let Some(name) = &name {
-                site.remember(name);
-            }
-        });
-        lock(self.shard(id)).insert(
-            id,
-            Entry {
-                site: location,
-                born_ns: coarse_now_ns(),
-                name,
-            },
-        );
+        let site = self.site(location);
+        site.spawned.fetch_add(1, Ordering::AcqRel);
+        if let Some(name) = &name {
+            site.remember(name.clone());
+        }
+        let entry = Entry {
+            site,
+            born_ns: coarse_now_ns(),
+            name,
+        };
+        lock(self.shard(id)).insert(id, entry);
     }
 
     fn terminated(&self, id: Id) {
         let removed = lock(self.shard(id)).remove(&id);
         if let Some(entry) = removed {
-            self.with_site(entry.site, |site| {
-                site.terminated.fetch_add(1, Ordering::AcqRel);
-            });
+            entry.site.terminated.fetch_add(1, Ordering::AcqRel);
         }
     }
 }

@@ -121,3 +121,126 @@ fn describe(prefix: &str) {
         "time workers spent polling tasks, summed over workers"
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    use metrics::{
+        Counter, CounterFn, Gauge, GaugeFn, Histogram, Key, KeyName, Metadata, Recorder,
+        SharedString,
+    };
+
+    use super::*;
+
+    /// Remembers the last value of every series, keyed `name{label=value,...}`.
+    #[derive(Default)]
+    struct Capture(Arc<Mutex<HashMap<String, f64>>>);
+
+    struct Series(String, Arc<Mutex<HashMap<String, f64>>>);
+
+    impl CounterFn for Series {
+        fn increment(&self, value: u64) {
+            *self
+                .1
+                .lock()
+                .expect("lock")
+                .entry(self.0.clone())
+                .or_default() += value as f64;
+        }
+        fn absolute(&self, value: u64) {
+            self.1
+                .lock()
+                .expect("lock")
+                .insert(self.0.clone(), value as f64);
+        }
+    }
+
+    impl GaugeFn for Series {
+        fn increment(&self, value: f64) {
+            *self
+                .1
+                .lock()
+                .expect("lock")
+                .entry(self.0.clone())
+                .or_default() += value;
+        }
+        fn decrement(&self, value: f64) {
+            *self
+                .1
+                .lock()
+                .expect("lock")
+                .entry(self.0.clone())
+                .or_default() -= value;
+        }
+        fn set(&self, value: f64) {
+            self.1.lock().expect("lock").insert(self.0.clone(), value);
+        }
+    }
+
+    fn series_name(key: &Key) -> String {
+        let labels: Vec<String> = key
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        format!("{}{{{}}}", key.name(), labels.join(","))
+    }
+
+    impl Recorder for Capture {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            Counter::from_arc(Arc::new(Series(series_name(key), Arc::clone(&self.0))))
+        }
+        fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::from_arc(Arc::new(Series(series_name(key), Arc::clone(&self.0))))
+        }
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::noop()
+        }
+    }
+
+    #[test]
+    fn per_site_series_and_runtime_gauges_carry_the_prefix() {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        let registry = TaskRegistry::install(&mut builder);
+        let rt = builder.worker_threads(2).build().expect("runtime");
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let handles: Vec<_> = (0..3)
+            .map(|_| {
+                let cancel = cancel.clone();
+                rt.spawn(async move { cancel.cancelled().await })
+            })
+            .collect();
+        let site = super::super::format_site(std::panic::Location::caller());
+        let site_prefix = site.rsplitn(3, ':').nth(2).expect("file").to_owned();
+
+        let capture = Capture::default();
+        metrics::with_local_recorder(&capture, || record_metrics("svc", &registry, rt.handle()));
+        let values = capture.0.lock().expect("lock").clone();
+        let live = values
+            .iter()
+            .find(|(k, _)| k.starts_with(&format!("svc_tasks_live{{site={site_prefix}:")))
+            .unwrap_or_else(|| panic!("no live series: {values:#?}"));
+        assert_eq!(*live.1, 3.0);
+        let spawned = values
+            .iter()
+            .find(|(k, _)| k.starts_with("svc_tasks_spawned_total{site="))
+            .expect("spawned series");
+        assert_eq!(*spawned.1, 3.0);
+        assert_eq!(values["svc_tokio_workers{}"], 2.0);
+        assert!(values["svc_tokio_alive_tasks{}"] >= 3.0);
+        assert!(values.contains_key("svc_tokio_global_queue_depth{}"));
+        assert!(values.contains_key("svc_tokio_polls_total{}"));
+        assert!(values.keys().all(|k| k.starts_with("svc_")), "{values:#?}");
+
+        cancel.cancel();
+        rt.block_on(async {
+            for handle in handles {
+                handle.await.expect("join");
+            }
+        });
+    }
+}

@@ -54,6 +54,7 @@ struct Shared {
 /// An axum server on 127.0.0.1:0, on its own runtime; stopped and joined on drop.
 pub struct FakeTarget {
     pub url: String,
+    shared: Arc<Shared>,
     cancel: CancellationToken,
     server: Option<tokio::task::JoinHandle<()>>,
     runtime: Option<tokio::runtime::Runtime>,
@@ -83,7 +84,7 @@ impl FakeTarget {
             .route("/debug/tasks", get(tasks))
             .route("/debug/tasks/dump", get(dump))
             .route("/debug/pprof/profile", get(profile))
-            .with_state(shared);
+            .with_state(Arc::clone(&shared));
         let cancel = CancellationToken::new();
         let stop = cancel.clone();
         let server = runtime.spawn(async move {
@@ -94,10 +95,16 @@ impl FakeTarget {
         });
         FakeTarget {
             url,
+            shared,
             cancel,
             server: Some(server),
             runtime: Some(runtime),
         }
+    }
+
+    /// Requests served to `/debug/tasks` so far.
+    pub fn requests(&self) -> u64 {
+        self.shared.requests.load(Ordering::SeqCst)
     }
 }
 

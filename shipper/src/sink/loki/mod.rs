@@ -33,7 +33,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use self::arc::{AdaptiveConcurrency, Feedback};
-use self::encode::{Body, Encoder};
+use self::encode::Body;
 use self::send::{Outcome, RateLimitedLog, Target};
 use crate::event::Batch;
 
@@ -71,6 +71,33 @@ pub enum LokiEncoding {
 }
 
 impl LokiSettings {
+    /// Default [`request_timeout`](Self::request_timeout): 10s.
+    pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Default [`max_concurrency`](Self::max_concurrency): 16 requests.
+    pub const DEFAULT_MAX_CONCURRENCY: usize = 16;
+    /// Default [`backoff_max`](Self::backoff_max): 30s.
+    pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+    /// Settings for `url` with no tenant, JSON, and the `DEFAULT_*` values.
+    ///
+    /// # Examples
+    /// ```
+    /// use shipper::sink::loki::{LokiEncoding, LokiSettings};
+    /// let s = LokiSettings::new("http://127.0.0.1:3100");
+    /// assert_eq!(s.encoding, LokiEncoding::Json);
+    /// assert_eq!(s.max_concurrency, LokiSettings::DEFAULT_MAX_CONCURRENCY);
+    /// ```
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            tenant: None,
+            encoding: LokiEncoding::default(),
+            request_timeout: Self::DEFAULT_REQUEST_TIMEOUT,
+            max_concurrency: Self::DEFAULT_MAX_CONCURRENCY,
+            backoff_max: Self::DEFAULT_BACKOFF_MAX,
+        }
+    }
+
     /// Checks the settings and resolves the push URL and tenant header.
     fn target(&self) -> anyhow::Result<Target> {
         let base = self.url.trim_end_matches('/');
@@ -109,6 +136,24 @@ impl LokiSettings {
     }
 }
 
+/// An encoding name that is neither `json` nor `protobuf`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown loki encoding {0:?}: use \"json\" or \"protobuf\"")]
+pub struct UnknownEncoding(pub String);
+
+impl std::str::FromStr for LokiEncoding {
+    type Err = UnknownEncoding;
+
+    /// Parses the config's `encoding`: `json` or `protobuf`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "json" => Ok(Self::Json),
+            "protobuf" => Ok(Self::Protobuf),
+            other => Err(UnknownEncoding(other.to_owned())),
+        }
+    }
+}
+
 /// A batch on its way: the batch (for its acknowledgement) and its body, encoded once.
 #[derive(Debug)]
 struct Job {
@@ -118,23 +163,96 @@ struct Job {
     attempts: u32,
 }
 
-/// One attempt finished: the job back, what happened, how long the request took.
-type Attempt = Pin<Box<dyn Future<Output = (Job, Outcome, Duration)> + Send>>;
+/// What an in-flight future ends with.
+#[derive(Debug)]
+enum Finished {
+    /// An attempt ended: the job back, what happened, how long the request took.
+    Attempt(Job, Outcome, Duration),
+    /// The batch could not be encoded (a bug, never input: any valid `Batch` encodes).
+    Unencodable(Batch, String),
+    /// The runtime is shutting down and dropped the encoding; the batch is re-read after restart.
+    Abandoned,
+}
 
-fn start_attempt(target: &Target, job: Job, delay: Duration) -> Attempt {
+/// A batch in flight: encoding, waiting to retry, or being sent.
+type InFlight = Pin<Box<dyn Future<Output = Finished> + Send>>;
+
+/// Encodes a new batch on the blocking pool (batches compress in parallel, the loop stays free),
+/// then makes its first attempt. If `run` drops this future mid-encoding, the encoding finishes
+/// on its own (one batch, milliseconds) and is discarded.
+fn start_batch(target: &Target, encoding: LokiEncoding, batch: Batch) -> InFlight {
     let target = target.clone();
     Box::pin(async move {
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
+        let encoded = tokio::task::spawn_blocking(move || {
+            let mut batch = batch;
+            let body = encode::encode(encoding, &mut batch);
+            (batch, body)
+        })
+        .await;
+        match encoded {
+            Ok((batch, Ok(body))) => {
+                let job = Job {
+                    batch,
+                    body,
+                    attempts: 0,
+                };
+                attempt(&target, job).await
+            }
+            Ok((batch, Err(e))) => Finished::Unencodable(batch, format!("{e:#}")),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Finished::Abandoned,
         }
-        let started = Instant::now();
-        let outcome = send::attempt(&target, &job.body).await;
-        (job, outcome, started.elapsed())
     })
+}
+
+fn retry_later(target: &Target, job: Job, delay: Duration) -> InFlight {
+    let target = target.clone();
+    Box::pin(async move {
+        tokio::time::sleep(delay).await;
+        attempt(&target, job).await
+    })
+}
+
+async fn attempt(target: &Target, job: Job) -> Finished {
+    let started = Instant::now();
+    let outcome = send::attempt(target, &job.body).await;
+    Finished::Attempt(job, outcome, started.elapsed())
 }
 
 /// Runs the sink until `batches` is closed and drained, or `stop` is cancelled. See the
 /// [module docs](self). Errors only on invalid settings.
+///
+/// # Examples
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> anyhow::Result<()> {
+/// use std::{collections::BTreeMap, sync::Arc, time::Duration};
+/// use shipper::event::{AckRef, Batch, StreamBatch};
+/// use shipper::sink::loki::{run, LokiEncoding, LokiSettings};
+/// use tokio_util::sync::CancellationToken;
+///
+/// let loki = diagtool::loki::Receiver::start().await?;
+/// let settings = LokiSettings {
+///     url: loki.url(),
+///     tenant: None,
+///     encoding: LokiEncoding::Json,
+///     request_timeout: Duration::from_secs(10),
+///     max_concurrency: 8,
+///     backoff_max: Duration::from_secs(30),
+/// };
+/// let (tx, rx) = tokio::sync::mpsc::channel(4);
+/// let (ack_tx, mut acks) = tokio::sync::mpsc::unbounded_channel();
+/// let sink = tokio::spawn(run(settings, rx, CancellationToken::new(), || {}));
+///
+/// let labels = Arc::new(BTreeMap::from([("job".to_owned(), "app".to_owned())]));
+/// let stream = StreamBatch { labels, entries: vec![(1_700_000_000_000_000_000, "hello".into())] };
+/// tx.send(Batch::new(vec![stream], vec![AckRef { chunk: 1 }], ack_tx)).await?;
+/// assert_eq!(acks.recv().await, Some(vec![AckRef { chunk: 1 }]));
+///
+/// drop(tx); // closing the channel drains the sink
+/// sink.await??;
+/// assert_eq!(loki.lines(), ["hello"]);
+/// # Ok(()) }
+/// ```
 pub async fn run(
     settings: LokiSettings,
     mut batches: mpsc::Receiver<Batch>,
@@ -145,8 +263,7 @@ pub async fn run(
     telemetry::describe();
     let mut arc = AdaptiveConcurrency::new(settings.max_concurrency, Instant::now());
     telemetry::concurrency(arc.limit());
-    let mut encoder = Encoder::new(settings.encoding);
-    let mut in_flight: FuturesUnordered<Attempt> = FuturesUnordered::new();
+    let mut in_flight: FuturesUnordered<InFlight> = FuturesUnordered::new();
     let mut log = RateLimitedLog::default();
     let mut beat_every = tokio::time::interval(BEAT_EVERY);
     beat_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -166,22 +283,31 @@ pub async fn run(
                 return Ok(());
             }
             _ = beat_every.tick() => beat(),
-            Some((job, outcome, took)) = in_flight.next(), if !in_flight.is_empty() => {
+            Some(finished) = in_flight.next(), if !in_flight.is_empty() => {
                 let before = arc.limit();
-                if let Some((job, delay)) =
-                    finish_attempt(job, outcome, took, &settings, &mut arc, &mut log)
-                {
-                    in_flight.push(start_attempt(&target, job, delay));
+                match finished {
+                    Finished::Attempt(job, outcome, took) => {
+                        if let Some((job, delay)) =
+                            finish_attempt(job, outcome, took, &settings, &mut arc, &mut log)
+                        {
+                            in_flight.push(retry_later(&target, job, delay));
+                        }
+                    }
+                    Finished::Unencodable(batch, error) => {
+                        tracing::error!(%error, entries = batch.entries,
+                            "could not encode a batch for loki; dropped and counted (a bug: report it)");
+                        telemetry::dropped(batch.entries, telemetry::REASON_UNENCODABLE);
+                        batch.acknowledge();
+                    }
+                    Finished::Abandoned => {}
                 }
                 if arc.limit() != before {
                     telemetry::concurrency(arc.limit());
                 }
             }
             next = batches.recv(), if open && in_flight.len() < arc.limit() => match next {
-                Some(mut batch) => {
-                    let body = encoder.encode(&mut batch)?;
-                    let job = Job { batch, body, attempts: 0 };
-                    in_flight.push(start_attempt(&target, job, Duration::ZERO));
+                Some(batch) => {
+                    in_flight.push(start_batch(&target, settings.encoding, batch));
                     arc.on_send(in_flight.len());
                 }
                 None => open = false,
@@ -220,7 +346,7 @@ fn finish_attempt(
         Outcome::Rejected { status, reason } => {
             // The server answered promptly: that is no sign of overload.
             arc.on_response(now, took, Feedback::Ok);
-            telemetry::rejected(job.batch.entries);
+            telemetry::dropped(job.batch.entries, telemetry::REASON_REJECTED);
             if log.should_log(&reason, now) {
                 tracing::warn!(
                     status = status.as_u16(),

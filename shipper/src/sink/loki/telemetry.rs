@@ -25,6 +25,9 @@ pub(crate) const CONCURRENCY: &str = "shipper_loki_concurrency_limit";
 /// The `reason` of entries Loki refused with a permanent error.
 pub(crate) const REASON_REJECTED: &str = "loki_rejected";
 
+/// The `reason` of entries in a batch that could not be encoded (a bug; never expected).
+pub(crate) const REASON_UNENCODABLE: &str = "encode_error";
+
 /// Describes every metric of the sink (idempotent).
 pub(crate) fn describe() {
     describe_counter!(SENT_ENTRIES, "Log entries delivered to (accepted by) Loki.");
@@ -72,8 +75,8 @@ pub(crate) fn retried() {
     counter!(RETRIES).increment(1);
 }
 
-pub(crate) fn rejected(entries: usize) {
-    counter!(DROPPED, "reason" => REASON_REJECTED).increment(entries as u64);
+pub(crate) fn dropped(entries: usize, reason: &'static str) {
+    counter!(DROPPED, "reason" => reason).increment(entries as u64);
 }
 
 pub(crate) fn concurrency(limit: usize) {

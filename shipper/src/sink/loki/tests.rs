@@ -404,6 +404,20 @@ async fn beats_while_loki_is_down() {
     h.task.await.unwrap().unwrap();
 }
 
+#[test]
+fn encoding_names_parse_and_unknown_ones_are_named() {
+    assert_eq!("json".parse::<LokiEncoding>(), Ok(LokiEncoding::Json));
+    assert_eq!(
+        "protobuf".parse::<LokiEncoding>(),
+        Ok(LokiEncoding::Protobuf)
+    );
+    let err = "snappy".parse::<LokiEncoding>().unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "unknown loki encoding \"snappy\": use \"json\" or \"protobuf\""
+    );
+}
+
 #[tokio::test]
 async fn invalid_settings_are_errors_that_name_the_value() {
     let (_tx, rx) = mpsc::channel(1);
@@ -479,15 +493,7 @@ async fn throughput_one_million_lines() {
         while sent < LINES {
             let n = PER_BATCH.min(LINES - sent);
             let entries = (sent..sent + n)
-                .map(|i| {
-                    (
-                        1_700_000_000_000_000_000 + i as i64,
-                        format!(
-                            "2026-11-27T20:00:00.{i:09}Z INFO request handled method=GET \
-                             path=/api/v1/items/{i} status=200 bytes=5123 duration_ms=12 ua=bench"
-                        ),
-                    )
-                })
+                .map(|i| (1_700_000_000_000_000_000 + i as i64, bench_line(i)))
                 .collect();
             let b = Batch::new(
                 vec![StreamBatch {
@@ -520,5 +526,55 @@ async fn throughput_one_million_lines() {
             LINES as f64 / wall.as_secs_f64()
         );
         receiver.shutdown().await;
+    }
+}
+
+/// A line of about 150 bytes, like an access log.
+fn bench_line(i: usize) -> String {
+    format!(
+        "2026-11-27T20:00:00.{i:09}Z INFO request handled method=GET path=/api/v1/items/{i} \
+         status=200 bytes=5123 duration_ms=12 trace={i:016x}"
+    )
+}
+
+/// Encoding alone (the sink's own CPU per line), without HTTP or the receiver.
+/// `cargo test -p shipper --release --lib sink::loki::tests::encode_speed -- --ignored --nocapture`
+#[test]
+#[ignore = "benchmark; run in release"]
+fn encode_speed() {
+    const LINES: usize = 1_000_000;
+    const PER_BATCH: usize = 6_500;
+    let (ack_tx, _acks) = tokio::sync::mpsc::unbounded_channel();
+    let stream = labels(&[("job", "bench"), ("filename", "/var/log/app.log")]);
+    for encoding in [LokiEncoding::Json, LokiEncoding::Protobuf] {
+        let mut batches: Vec<Batch> = (0..LINES.div_ceil(PER_BATCH))
+            .map(|b| {
+                let entries = (b * PER_BATCH..((b + 1) * PER_BATCH).min(LINES))
+                    .map(|i| (i as i64, bench_line(i)))
+                    .collect();
+                Batch::new(
+                    vec![StreamBatch {
+                        labels: stream.clone(),
+                        entries,
+                    }],
+                    vec![],
+                    ack_tx.clone(),
+                )
+            })
+            .collect();
+        let line_bytes: usize = batches.iter().map(|b| b.line_bytes).sum();
+        let started = std::time::Instant::now();
+        let mut body_bytes = 0;
+        for b in &mut batches {
+            body_bytes += encode::encode(encoding, b).unwrap().bytes.len();
+        }
+        let took = started.elapsed().as_secs_f64();
+        println!(
+            "encode {encoding:?}: {LINES} lines ({:.0} B avg) in {took:.3}s = {:.0} lines/s, \
+             body {:.1}% of line bytes",
+            line_bytes as f64 / LINES as f64,
+            LINES as f64 / took,
+            100.0 * body_bytes as f64 / line_bytes as f64
+        );
     }
 }

@@ -1,0 +1,75 @@
+//! Snapshot and dump latency with many live tasks parked at one site.
+//!
+//! ```text
+//! cargo run --release -p diagtool --features probe --example bench_dump -- [TASKS...]
+//! ```
+//! For each TASKS (default 1000 10000 100000) parks that many tasks on a channel, then times one
+//! snapshot (`?debug=2` detail included) and one task dump, and prints one JSON line:
+//! `{"points":[{"tasks":N,"snapshot_ms":X,"snapshot_bytes":N,"dump_ms":X,"dump_groups":N}]}`.
+
+#[cfg(feature = "probe")]
+fn main() {
+    use std::time::{Duration, Instant};
+
+    use diagtool::probe::{Dumper, TaskRegistry, snapshot, spawn_named};
+
+    async fn park(mut rx: tokio::sync::watch::Receiver<bool>) {
+        let _ = rx.wait_for(|go| *go).await;
+    }
+
+    let counts: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| {
+            a.parse()
+                .unwrap_or_else(|_| panic!("TASKS must be numbers, got {a:?}"))
+        })
+        .collect();
+    let counts = if counts.is_empty() {
+        vec![1_000, 10_000, 100_000]
+    } else {
+        counts
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    let registry = TaskRegistry::install(&mut builder);
+    let rt = builder
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|err| panic!("cannot build a runtime: {err}"));
+    let dumper = Dumper::new(registry.clone());
+    let mut points = Vec::new();
+    for n in counts {
+        let point = rt.block_on(async {
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            let handles: Vec<_> = (0..n).map(|_| spawn_named("parked", park(rx.clone()))).collect();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let started = Instant::now();
+            let snap = snapshot::take(&registry, "bench", Some(&tokio::runtime::Handle::current()), true);
+            let bytes = serde_json::to_vec(&snap).map(|b| b.len()).unwrap_or(0);
+            let snapshot_ms = started.elapsed().as_secs_f64() * 1e3;
+            let started = Instant::now();
+            let dump = dumper
+                .dump(&tokio::runtime::Handle::current(), Duration::from_secs(60))
+                .await
+                .unwrap_or_else(|err| panic!("dump failed: {err}"));
+            let dump_ms = started.elapsed().as_secs_f64() * 1e3;
+            let _ = tx.send(true);
+            for handle in handles {
+                let _ = handle.await;
+            }
+            format!(
+                "{{\"tasks\":{n},\"snapshot_ms\":{snapshot_ms:.1},\"snapshot_bytes\":{bytes},\"dump_ms\":{dump_ms:.1},\"dump_groups\":{}}}",
+                dump.groups.len()
+            )
+        });
+        eprintln!("{point}");
+        points.push(point);
+    }
+    println!("{{\"points\":[{}]}}", points.join(","));
+}
+
+#[cfg(not(feature = "probe"))]
+fn main() {
+    eprintln!("bench_dump needs the probe feature: --features probe");
+    std::process::exit(2);
+}

@@ -1,0 +1,418 @@
+//! The `/debug/*` router: every endpoint through `tower::ServiceExt::oneshot` on a real runtime
+//! with real tasks, plus one test over real HTTP on 127.0.0.1.
+#![cfg(feature = "probe")]
+
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Request, StatusCode, header};
+use diagtool::model::{Dump, Snapshot};
+use diagtool::probe::{Probe, ProbeError, router, spawn_named};
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+const TOKEN: &str = "s3cret-token";
+
+fn probe_runtime(token: Option<&str>) -> (tokio::runtime::Runtime, Probe) {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    let probe = Probe::builder("router-test")
+        .token(token.map(str::to_owned))
+        .install(&mut builder)
+        .expect("probe");
+    let rt = builder
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    (rt, probe)
+}
+
+async fn get(app: &Router, uri: &str, token: Option<&str>) -> (StatusCode, HeaderMap, Vec<u8>) {
+    let mut request = Request::builder().uri(uri);
+    if let Some(token) = token {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let response = app
+        .clone()
+        .oneshot(request.body(Body::empty()).expect("request"))
+        .await
+        .expect("infallible");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = axum::body::to_bytes(response.into_body(), 64 << 20)
+        .await
+        .expect("body");
+    (status, headers, body.to_vec())
+}
+
+fn error_of(body: &[u8]) -> String {
+    let value: serde_json::Value = serde_json::from_slice(body).expect("json error body");
+    value["error"].as_str().expect("error field").to_owned()
+}
+
+#[inline(never)]
+async fn wait_for_release(rx: tokio::sync::watch::Receiver<bool>) {
+    let mut rx = rx;
+    let _ = rx.wait_for(|released| *released).await;
+}
+
+#[test]
+fn token_is_required_when_configured() {
+    let (rt, probe) = probe_runtime(Some(TOKEN));
+    let app = router(probe);
+    rt.block_on(async {
+        for uri in ["/debug/", "/debug/tasks", "/debug/pprof/tasks?debug=1"] {
+            let (status, headers, body) = get(&app, uri, None).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}");
+            assert_eq!(headers[header::WWW_AUTHENTICATE], "Bearer");
+            assert!(error_of(&body).contains("bearer token"));
+            let (status, _, _) = get(&app, uri, Some("wrong")).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}");
+            let (status, _, _) = get(&app, uri, Some(TOKEN)).await;
+            assert_eq!(status, StatusCode::OK, "{uri}");
+        }
+    });
+}
+
+#[test]
+fn index_links_every_endpoint() {
+    let (rt, probe) = probe_runtime(None);
+    let app = router(probe);
+    rt.block_on(async {
+        let (status, headers, body) = get(&app, "/debug/", None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            headers[header::CONTENT_TYPE]
+                .to_str()
+                .expect("ct")
+                .starts_with("text/html")
+        );
+        let html = String::from_utf8(body).expect("utf8");
+        for link in [
+            "/debug/tasks",
+            "/debug/tasks/dump",
+            "/debug/pprof/tasks?debug=0",
+            "/debug/pprof/tasks?debug=1",
+            "/debug/pprof/tasks?debug=2",
+            "/debug/pprof/profile",
+            "/debug/pprof/flamegraph",
+        ] {
+            assert!(
+                html.contains(&format!("href=\"{link}")),
+                "{link} missing: {html}"
+            );
+        }
+    });
+}
+
+#[test]
+fn snapshot_endpoint_in_json_text_and_detail() {
+    let (rt, probe) = probe_runtime(None);
+    let app = router(probe);
+    rt.block_on(async {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let handles: Vec<_> = (0..5)
+            .map(|_| spawn_named("waiter", wait_for_release(rx.clone())))
+            .collect();
+        let line = line!() - 2;
+        let site = format!("diagtool/tests/router.rs:{line}:");
+
+        let (status, _, body) = get(&app, "/debug/tasks", None).await;
+        assert_eq!(status, StatusCode::OK);
+        let snap =
+            Snapshot::from_json(std::str::from_utf8(&body).expect("utf8")).expect("snapshot");
+        assert_eq!(snap.service, "router-test");
+        assert!(snap.sites[0].site.starts_with(&site), "{:?}", snap.sites);
+        assert_eq!(snap.sites[0].live, 5);
+        assert_eq!(snap.sites[0].names, vec!["waiter".to_owned()]);
+        assert_eq!(
+            snap.tasks.live,
+            snap.sites.iter().map(|s| s.live).sum::<u64>()
+        );
+        assert!(snap.tasks_detail.is_none());
+        assert!(snap.process.rss_bytes > 0 && snap.runtime.workers == 2);
+
+        let (_, _, body) = get(&app, "/debug/tasks?debug=2", None).await;
+        let snap =
+            Snapshot::from_json(std::str::from_utf8(&body).expect("utf8")).expect("snapshot");
+        let detail = snap.tasks_detail.expect("detail");
+        let ids: Vec<u64> = handles
+            .iter()
+            .map(|h| h.id().to_string().parse().expect("id"))
+            .collect();
+        for id in &ids {
+            let task = detail.iter().find(|t| t.id == *id).expect("task in detail");
+            assert!(task.site.starts_with(&site));
+            assert_eq!(task.name.as_deref(), Some("waiter"));
+        }
+
+        let (status, headers, body) = get(&app, "/debug/tasks?format=text", None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            headers[header::CONTENT_TYPE]
+                .to_str()
+                .expect("ct")
+                .starts_with("text/plain")
+        );
+        let text = String::from_utf8(body).expect("utf8");
+        assert!(text.contains(&site) && text.contains("[waiter]"), "{text}");
+
+        for bad in ["/debug/tasks?format=xml", "/debug/tasks?debug=7"] {
+            let (status, _, body) = get(&app, bad, None).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+            assert!(error_of(&body).contains("is invalid"), "{bad}");
+        }
+        tx.send(true).expect("release");
+        for handle in handles {
+            handle.await.expect("join");
+        }
+    });
+}
+
+#[test]
+fn dumps_join_tasks_to_sites_in_every_format() {
+    let (rt, probe) = probe_runtime(None);
+    let app = router(probe);
+    rt.block_on(async {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let handles: Vec<_> = (0..4)
+            .map(|_| spawn_named("dumped", wait_for_release(rx.clone())))
+            .collect();
+        let line = line!() - 2;
+        let site = format!("diagtool/tests/router.rs:{line}:");
+        let ids: Vec<u64> = handles
+            .iter()
+            .map(|h| h.id().to_string().parse().expect("id"))
+            .collect();
+        // Each task must have reached its await: wait (bounded) until the dump shows all four.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let dump = loop {
+            let (status, _, body) = get(&app, "/debug/tasks/dump?timeout_ms=5000", None).await;
+            assert_eq!(status, StatusCode::OK);
+            let dump = Dump::from_json(std::str::from_utf8(&body).expect("utf8")).expect("dump");
+            let group = dump.groups.iter().find(|g| g.site.starts_with(&site));
+            if group.is_some_and(|g| g.count == 4 && !g.trace.is_empty()) {
+                break dump;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tasks never all parked: {dump:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        for id in &ids {
+            let task = dump
+                .tasks
+                .iter()
+                .find(|t| t.id == *id)
+                .expect("task dumped");
+            assert!(task.site.starts_with(&site));
+            assert_eq!(task.name.as_deref(), Some("dumped"));
+            assert!(
+                task.trace.iter().any(|f| f.contains("wait_for_release")),
+                "{:?}",
+                task.trace
+            );
+        }
+        assert!(dump.groups.windows(2).all(|w| w[0].count >= w[1].count));
+
+        let (status, headers, body) = get(&app, "/debug/pprof/tasks?debug=0", None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers[header::CONTENT_TYPE], "application/octet-stream");
+        let profile = diagtool::pprof::decode(&body).expect("pprof");
+        assert_eq!(
+            diagtool::pprof::sample_type_name(&profile, 0).as_deref(),
+            Some("tasks/count")
+        );
+        let folded = diagtool::pprof::to_folded(&profile);
+        let line = folded
+            .lines()
+            .find(|l| l.starts_with(&format!("spawned at {site}")))
+            .unwrap_or_else(|| panic!("no stack for {site}: {folded}"));
+        assert!(
+            line.ends_with(" 4") && line.contains("wait_for_release"),
+            "{line}"
+        );
+
+        let (status, _, body) = get(&app, "/debug/pprof/tasks?debug=1", None).await;
+        assert_eq!(status, StatusCode::OK);
+        let text = String::from_utf8(body).expect("utf8");
+        assert!(text.contains(&format!("\n4 @ {site}")), "{text}");
+
+        let (_, _, body) = get(&app, "/debug/pprof/tasks?debug=2", None).await;
+        let text = String::from_utf8(body).expect("utf8");
+        for id in &ids {
+            assert!(text.contains(&format!("\ntask {id} \"dumped\"")), "{text}");
+        }
+        let (status, _, _) = get(&app, "/debug/tasks/dump?timeout_ms=0", None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+
+        tx.send(true).expect("release");
+        for handle in handles {
+            handle.await.expect("join");
+        }
+    });
+}
+
+#[test]
+fn dump_of_a_blocked_runtime_times_out_with_503() {
+    let (rt, probe) = probe_runtime(None);
+    let app = router(probe);
+    rt.block_on(async {
+        // Block one worker, so the runtime cannot be traced until it returns (the other worker
+        // keeps driving timers: with every worker blocked, no runtime timeout could fire).
+        let (started_tx, mut started_rx) = tokio::sync::mpsc::channel(2);
+        let blockers: Vec<_> = (0..1)
+            .map(|_| {
+                let started = started_tx.clone();
+                tokio::spawn(async move {
+                    let _ = started.send(()).await;
+                    std::thread::sleep(Duration::from_millis(1500));
+                })
+            })
+            .collect();
+        for _ in 0..1 {
+            started_rx.recv().await.expect("blocker started");
+        }
+        let (status, _, body) = get(&app, "/debug/tasks/dump?timeout_ms=200", None).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(error_of(&body).contains("could not be traced within"));
+        for blocker in blockers {
+            blocker.await.expect("join");
+        }
+        // Once the worker is free again, dumps work again (and the abandoned trace is finished,
+        // which a clean runtime shutdown needs).
+        let (status, _, _) = get(&app, "/debug/tasks/dump?timeout_ms=10000", None).await;
+        assert_eq!(status, StatusCode::OK);
+    });
+}
+
+/// The CPU profiler is process-wide, so every profiling check lives in this one test.
+#[test]
+fn cpu_profiles_decode_draw_and_refuse_overlap() {
+    let (rt, probe) = probe_runtime(None);
+    let app = router(probe);
+    rt.block_on(async {
+        let busy = CancellationToken::new();
+        let spinner = tokio::task::spawn_blocking({
+            let busy = busy.clone();
+            move || {
+                let mut x = 0u64;
+                while !busy.is_cancelled() {
+                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                }
+                x
+            }
+        });
+        let first = tokio::spawn({
+            let app = app.clone();
+            async move { get(&app, "/debug/pprof/profile?seconds=1", None).await }
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !diagtool::probe::cpu::is_running() {
+            assert!(Instant::now() < deadline, "profile never started");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let (status, _, body) = get(&app, "/debug/pprof/profile?seconds=1", None).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert!(error_of(&body).contains("already running"));
+
+        let (status, headers, body) = first.await.expect("join");
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers[header::CONTENT_TYPE], "application/octet-stream");
+        assert_eq!(&body[..2], &[0x1f, 0x8b], "gzip");
+        let profile = diagtool::pprof::decode(&body).expect("pprof");
+        assert_eq!(
+            diagtool::pprof::sample_type_name(&profile, 1).as_deref(),
+            Some("cpu/nanoseconds")
+        );
+        let samples: i64 = profile.sample.iter().map(|s| s.value[0]).sum();
+        assert!(
+            samples > 10,
+            "a spinning thread for 1 s gives ~99 samples, got {samples}"
+        );
+
+        let (status, headers, body) = get(&app, "/debug/pprof/flamegraph?seconds=1", None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers[header::CONTENT_TYPE], "image/svg+xml");
+        let svg = String::from_utf8(body).expect("utf8");
+        assert!(svg.contains("<svg") && svg.contains("router-test CPU"));
+
+        for bad in ["seconds=0", "seconds=61", "seconds=abc"] {
+            let (status, _, _) = get(&app, &format!("/debug/pprof/profile?{bad}"), None).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+        }
+        busy.cancel();
+        spinner.await.expect("spinner");
+    });
+}
+
+#[test]
+fn non_loopback_bind_without_token_is_refused() {
+    let (rt, probe) = probe_runtime(None);
+    rt.block_on(async {
+        let err = diagtool::probe::serve(
+            probe,
+            "0.0.0.0:0".parse().expect("addr"),
+            CancellationToken::new(),
+        )
+        .await
+        .expect_err("refused");
+        assert!(matches!(err, ProbeError::InsecureBind(_)), "{err}");
+        assert!(err.to_string().contains("without a token"), "{err}");
+    });
+}
+
+/// One request over a real socket, raw HTTP/1.1, so the served bytes are what a client sees.
+async fn http_get(addr: std::net::SocketAddr, path: &str, token: Option<&str>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    response
+}
+
+#[test]
+fn serves_over_real_http_and_stops_on_cancel() {
+    let (rt, probe) = probe_runtime(Some(TOKEN));
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let cancel = CancellationToken::new();
+        let server = spawn_named(
+            "debug-server",
+            diagtool::probe::router::serve_on(probe, listener, cancel.clone()),
+        );
+        let test = async {
+            let response = http_get(addr, "/debug/tasks", Some(TOKEN)).await;
+            assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+            let body = response.split("\r\n\r\n").nth(1).expect("body");
+            let snap = Snapshot::from_json(body).expect("snapshot");
+            assert!(
+                snap.sites
+                    .iter()
+                    .any(|s| s.names.contains(&"debug-server".to_owned())),
+                "{snap:?}"
+            );
+            let response = http_get(addr, "/debug/tasks", None).await;
+            assert!(response.starts_with("HTTP/1.1 401"), "{response}");
+        };
+        tokio::time::timeout(Duration::from_secs(10), test)
+            .await
+            .expect("requests in time");
+        cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("server stops in time")
+            .expect("join")
+            .expect("clean stop");
+    });
+}
