@@ -241,6 +241,139 @@ async fn bad_profiles_and_missing_shippers_are_refused() {
     assert!(done.report.unwrap().failures[0].contains("no-such-shipper"));
 }
 
+/// `diagtool soak` as a process, its stderr read until the run is writing.
+struct Cli {
+    child: std::process::Child,
+    stdout: std::process::ChildStdout,
+    /// Keeps reading stderr, so diagtool never writes into a closed or full pipe.
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl Cli {
+    fn start(run: &Run) -> Cli {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_diagtool"))
+            .arg("soak")
+            .arg("--profile")
+            .arg(run.dir.path().join("profile.toml"))
+            .arg("--shipper")
+            .arg(run.dir.path().join("shipper"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (writing_tx, writing) = std::sync::mpsc::channel();
+        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let stderr = std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in stderr.lines().map_while(Result::ok) {
+                if line.contains(" writing ") {
+                    let _ = writing_tx.send(());
+                }
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        });
+        if writing.recv_timeout(Duration::from_secs(30)).is_err() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "diagtool soak was not writing within 30 s: {}",
+                stderr.join().unwrap()
+            );
+        }
+        Cli {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on the pid of a child we own and have not reaped.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
+    }
+
+    /// Waits (bounded) for it to exit; its exit code and stdout.
+    fn finish(mut self) -> (Option<i32>, String) {
+        use std::io::Read as _;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "diagtool soak did not exit");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut out = String::new();
+        self.stdout.read_to_string(&mut out).unwrap();
+        let err = self.stderr.join().unwrap();
+        (status.code(), format!("{out}\n--- stderr:\n{err}"))
+    }
+}
+
+fn wait_gone(pid_file: &Path) {
+    let pid: u32 = std::fs::read_to_string(pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while process_exists(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "the shipper {pid} was left running"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn ctrl_c_stops_the_shipper_and_still_prints_the_document() {
+    let run = Run::new("good", &profile("", "").replace("\"5s\"", "\"60s\""));
+    let cli = Cli::start(&run);
+    cli.signal(libc::SIGINT);
+    let (code, out) = cli.finish();
+    assert_eq!(code, Some(1), "{out}");
+    let stdout = out.split("\n--- stderr:\n").next().unwrap();
+    let last = stdout.lines().last().unwrap();
+    let report = diagtool::model::SoakReport::from_json(last).unwrap();
+    assert!(!report.passed);
+    assert!(
+        report
+            .failures
+            .iter()
+            .any(|f| f.starts_with("completed: interrupted by Ctrl-C")),
+        "{:#?}",
+        report.failures
+    );
+    run.assert_shipper_gone();
+}
+
+#[test]
+fn sigterm_to_diagtool_ends_the_run_in_order() {
+    let run = Run::new("good", &profile("", "").replace("\"5s\"", "\"60s\""));
+    let cli = Cli::start(&run);
+    cli.signal(libc::SIGTERM);
+    let (code, out) = cli.finish();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("completed: interrupted by SIGTERM"), "{out}");
+    run.assert_shipper_gone();
+}
+
+#[test]
+fn killing_diagtool_outright_takes_the_shipper_down_too() {
+    let run = Run::new("good", &profile("", "").replace("\"5s\"", "\"60s\""));
+    let cli = Cli::start(&run);
+    cli.signal(libc::SIGKILL);
+    let (code, _) = cli.finish();
+    assert_eq!(code, None, "killed by a signal");
+    // No cleanup code ran: the kernel's parent-death signal ended the shipper.
+    wait_gone(&run.dir.path().join("shipper.pid"));
+}
+
 // ---------------------------------------------------------------------------------------------
 // The stand-in shipper.
 

@@ -60,8 +60,10 @@ pub struct Evidence {
     pub health: HealthTally,
     /// How the shipper ended.
     pub shipper: ShipperEnd,
-    /// Seconds into the run when Ctrl-C cut it short, if it did.
+    /// Seconds into the run when a signal cut it short, if one did.
     pub interrupted_at_s: Option<f64>,
+    /// The signal that did (`Ctrl-C`, `SIGTERM`).
+    pub interrupted_by: String,
 }
 
 /// One named check and its outcome.
@@ -153,7 +155,7 @@ pub fn judge(limits: &Limits, evidence: &Evidence) -> Judgement {
                 "ran the whole profile ({:.0}s of writing)",
                 evidence.duration_s
             ),
-            Some(s) => format!("interrupted by Ctrl-C after {s:.0}s"),
+            Some(s) => format!("interrupted by {} after {s:.0}s", evidence.interrupted_by),
         },
     );
     let d = &evidence.delivery;
@@ -415,6 +417,7 @@ mod tests {
             },
             shipper: ShipperEnd::Stopped(0),
             interrupted_at_s: None,
+            interrupted_by: String::new(),
         }
     }
 
@@ -552,6 +555,7 @@ mod tests {
         );
         let mut e = evidence(snapshots(false, 0, 0));
         e.interrupted_at_s = Some(12.0);
+        e.interrupted_by = "Ctrl-C".into();
         let j = judge(&limits(), &e);
         assert_eq!(failed(&j), ["completed"]);
         assert!(j.report.failures[0].contains("Ctrl-C"));

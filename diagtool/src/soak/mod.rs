@@ -15,8 +15,9 @@
 //! 5. print the summary table, write the JUnit file, and print the `diagtool.soak/v1` document as
 //!    the last line of stdout.
 //!
-//! Ctrl-C during any phase stops the shipper and ends the run as failed; an early return or a
-//! panic drops the child handle, which kills the shipper's process group. Exit codes: 0 passed,
+//! Ctrl-C or SIGTERM during any phase stops the shipper and ends the run as failed, with the
+//! document printed; an early return or a panic drops the child handle, which kills the shipper's
+//! process group; and if diagtool itself is killed outright, the kernel kills the shipper. Exit codes: 0 passed,
 //! 1 failed, 2 bad profile or usage, 3 the shipper could not start.
 
 pub mod child;
@@ -220,6 +221,51 @@ fn toml_str(text: &str) -> String {
     toml::Value::String(text.to_owned()).to_string()
 }
 
+/// Ctrl-C (SIGINT) and SIGTERM, listened for from the start of a run: either ends it in order
+/// (the shipper stopped, the document printed) instead of killing diagtool mid-way.
+struct Interrupts {
+    int: Option<tokio::signal::unix::Signal>,
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Interrupts {
+    /// Installs the handlers now (not on first poll), so a signal during start-up is not lost.
+    fn install() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        let listen = |kind, name| match signal(kind) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!(
+                    "diagtool soak: cannot listen for {name} ({e}); it will not stop the run in order"
+                );
+                None
+            }
+        };
+        Interrupts {
+            int: listen(SignalKind::interrupt(), "Ctrl-C"),
+            term: listen(SignalKind::terminate(), "SIGTERM"),
+        }
+    }
+
+    /// Waits for either signal; never returns when neither could be installed.
+    async fn recv(&mut self) -> &'static str {
+        async fn one(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    if s.recv().await.is_none() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            _ = one(&mut self.int) => "Ctrl-C",
+            _ = one(&mut self.term) => "SIGTERM",
+        }
+    }
+}
+
 /// Addresses and paths one shipper run uses.
 #[derive(Debug, Clone)]
 struct Layout {
@@ -302,6 +348,7 @@ async fn start_shipper(
     program: &Path,
     dir: &Path,
     loki_url: &str,
+    interrupts: &mut Interrupts,
 ) -> anyhow::Result<Result<(ShipperChild, Sampler), String>> {
     let config_path = dir.join("shipper.toml");
     let log = dir.join("shipper.log");
@@ -353,7 +400,13 @@ async fn start_shipper(
                     profile::format_duration(timeout)
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                name = interrupts.recv() => {
+                    let _ = child.stop(STOP_GRACE).await;
+                    return Ok(Err(format!("interrupted by {name} while the shipper was starting")));
+                }
+            }
         };
         match ready {
             Ok(()) => return Ok(Ok((child, sampler))),
@@ -400,7 +453,9 @@ async fn soak(profile: &Profile, program: &Path) -> anyhow::Result<Outcome> {
     let receiver = Receiver::start()
         .await
         .context("cannot start the Loki receiver on 127.0.0.1")?;
-    let (mut child, sampler) = match start_shipper(profile, program, dir, &receiver.url()).await? {
+    let mut interrupts = Interrupts::install();
+    let started = start_shipper(profile, program, dir, &receiver.url(), &mut interrupts).await?;
+    let (mut child, sampler) = match started {
         Ok(started) => started,
         Err(message) => {
             receiver.shutdown().await;
@@ -429,10 +484,8 @@ async fn soak(profile: &Profile, program: &Path) -> anyhow::Result<Outcome> {
     let mut progress = ProgressWriter::default();
     let mut tick = tokio::time::interval(profile.sample_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
-    let mut ctrl_c_live = true;
     let mut interrupted_at_s = None;
+    let mut interrupted_by = "";
     let mut died = None;
     let mut phase = Phase::Writing;
     let mut drained_in_s = None;
@@ -461,17 +514,10 @@ async fn soak(profile: &Profile, program: &Path) -> anyhow::Result<Outcome> {
         let next_fault = faults.front().map(|f| start + f.window.at);
         tokio::select! {
             biased;
-            r = &mut ctrl_c, if ctrl_c_live => {
-                match r {
-                    Ok(()) => {
-                        interrupted_at_s = Some(start.elapsed().as_secs_f64());
-                        break;
-                    }
-                    Err(e) => {
-                        eprintln!("diagtool soak: cannot listen for Ctrl-C ({e}); it will not stop the run cleanly");
-                        ctrl_c_live = false;
-                    }
-                }
+            name = interrupts.recv() => {
+                interrupted_at_s = Some(start.elapsed().as_secs_f64());
+                interrupted_by = name;
+                break;
             }
             status = child.exited() => {
                 let status = status.context("cannot watch the shipper")?;
@@ -561,6 +607,7 @@ async fn soak(profile: &Profile, program: &Path) -> anyhow::Result<Outcome> {
         health: samples.health.clone(),
         shipper,
         interrupted_at_s,
+        interrupted_by: interrupted_by.to_owned(),
     };
     let judgement = judge::judge(&profile.limits, &evidence);
     if !judgement.passed() {

@@ -79,6 +79,22 @@ impl Samples {
     }
 }
 
+/// An error with its causes (`error sending request: connection refused`): reqwest's own message
+/// leaves out why.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 impl Sampler {
     /// A sampler for a shipper listening on `main` and `debug`.
     pub fn new(main: SocketAddr, debug: SocketAddr) -> reqwest::Result<Self> {
@@ -107,12 +123,12 @@ impl Sampler {
             .get(&url)
             .send()
             .await
-            .map_err(|e| format!("GET {url}: {e}"))?;
+            .map_err(|e| format!("GET {url}: {}", chain(&e)))?;
         let status = response.status();
         let text = response
             .text()
             .await
-            .map_err(|e| format!("GET {url}: {e}"))?;
+            .map_err(|e| format!("GET {url}: {}", chain(&e)))?;
         if status != 200 {
             let text: String = text.chars().take(200).collect();
             return Err(format!("GET {url}: {status}: {text}"));
@@ -129,7 +145,7 @@ impl Sampler {
         let url = format!("http://{}/health", self.main);
         let response = match self.client.get(&url).send().await {
             Ok(r) => r,
-            Err(e) => return HealthAnswer::Failed(format!("GET {url}: {e}")),
+            Err(e) => return HealthAnswer::Failed(format!("GET {url}: {}", chain(&e))),
         };
         match response.status().as_u16() {
             200 => match response.json::<Health>().await {
@@ -216,7 +232,11 @@ mod tests {
         bad_task.await.unwrap();
         // Nothing listens any more: a failure, not an error.
         let (snap, health) = Sampler::new(good, good).unwrap().sample().await;
-        assert!(snap.is_err());
+        let err = snap.unwrap_err();
+        assert!(
+            err.to_lowercase().contains("refused"),
+            "the cause is shown: {err}"
+        );
         assert!(matches!(health, HealthAnswer::Failed(_)));
     }
 }

@@ -116,7 +116,9 @@ pub fn table(judgement: &Judgement) -> String {
         checks.add_row(vec![
             c.name.to_owned(),
             if c.passed { "pass" } else { "FAIL" }.to_owned(),
-            c.detail.clone(),
+            // A detail may carry the shipper's log; its first line is the finding, the log went
+            // to stderr.
+            c.detail.lines().next().unwrap_or_default().to_owned(),
         ]);
     }
     let r = &judgement.report;
@@ -172,6 +174,52 @@ pub fn table(judgement: &Judgement) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn table_shows_each_check_with_the_first_line_of_its_detail() {
+        use crate::model::{SOAK_SCHEMA, SoakReport};
+        use crate::soak::judge::CheckResult;
+        let judgement = Judgement {
+            checks: vec![
+                CheckResult {
+                    name: "shipper_start",
+                    passed: false,
+                    detail: "the shipper exited (2)\nLOG LINE".into(),
+                },
+                CheckResult {
+                    name: "delivery",
+                    passed: true,
+                    detail: "10 of 10".into(),
+                },
+            ],
+            analysis: crate::analysis::analyze(&[], &Default::default()),
+            report: SoakReport {
+                schema: SOAK_SCHEMA.into(),
+                profile: "steady".into(),
+                passed: false,
+                duration_s: 60.0,
+                lines_written: 10,
+                lines_delivered: 10,
+                duplicates: 0,
+                tasks_growth_per_min: 0.0,
+                rss_growth_mib_per_min: 0.0,
+                fds_growth_per_min: 0.0,
+                leaks: vec![],
+                failures: vec![],
+            },
+        };
+        let text = table(&judgement);
+        assert!(text.starts_with("soak steady: FAILED (60s)"), "{text}");
+        assert!(
+            text.contains("| shipper_start | FAIL   | the shipper exited (2) |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| delivery      | pass   | 10 of 10"),
+            "{text}"
+        );
+        assert!(!text.contains("LOG LINE"));
+    }
 
     #[test]
     fn progress_line_shows_what_is_known() {
