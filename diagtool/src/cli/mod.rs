@@ -9,6 +9,7 @@
 mod chart;
 mod client;
 mod commands;
+mod demo;
 mod dump;
 mod fmt;
 mod report;
@@ -118,6 +119,23 @@ pub enum Command {
     /// Run the shipper under a soak profile on loopback and judge delivery, task growth, RSS and
     /// open fds (exit 0 pass, 1 fail, 3 the shipper did not start).
     Soak(SoakArgs),
+    /// Start the shipper beside diagtool with the leak lab's classic leak, watch it, name the
+    /// leaking spawn site, show where its tasks wait, and stop everything (about a minute).
+    Demo(DemoArgs),
+}
+
+/// `diagtool demo` flags.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Time between samples; the leak lab leaks 16 tasks each interval.
+    #[arg(long, value_name = "DUR", default_value = "5s")]
+    pub interval: Dur,
+    /// How long to watch.
+    #[arg(long, value_name = "DUR", default_value = "60s")]
+    pub duration: Dur,
+    /// The shipper binary [default: `shipper` beside diagtool].
+    #[arg(long, value_name = "PATH")]
+    pub shipper: Option<PathBuf>,
 }
 
 /// `diagtool soak` flags.
@@ -211,6 +229,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             junit: args.junit,
             shipper: args.shipper,
         }),
+        Command::Demo(args) => demo::demo(&demo::DemoArgs {
+            interval: args.interval.0,
+            duration: args.duration.0,
+            shipper: args.shipper,
+        }),
         command => {
             let client = Client::new(&cli.target, cli.token)?;
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -243,7 +266,8 @@ async fn remote(client: Client, command: Command) -> anyhow::Result<ExitCode> {
         Command::Diff { .. }
         | Command::Flamegraph { .. }
         | Command::Report { .. }
-        | Command::Soak(_) => Err(anyhow::anyhow!(
+        | Command::Soak(_)
+        | Command::Demo(_) => Err(anyhow::anyhow!(
             "internal error: a local command was sent to the target"
         )),
     }
