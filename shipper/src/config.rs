@@ -49,6 +49,8 @@ batch_max_wait = "1s"
 task_growth_warn_per_min = 10.0
 fail_on_task_leak = false
 heartbeat_timeout = "10s"            # a component silent this long makes /health answer 503
+task_warmup = "5s"                   # task growth is judged after this, from the count then
+task_window = "60s"                  # task growth is fitted over the samples of this window
 "#;
 
 /// Default for `max_line_bytes`: 256 KiB.
@@ -153,6 +155,8 @@ struct HealthFile {
     task_growth_warn_per_min: Option<f64>,
     fail_on_task_leak: Option<bool>,
     heartbeat_timeout: Option<String>,
+    task_warmup: Option<String>,
+    task_window: Option<String>,
 }
 
 /// The validated configuration the shipper runs with.
@@ -285,6 +289,10 @@ pub struct HealthConfig {
     pub fail_on_task_leak: bool,
     /// A component whose heartbeat is older than this is `critical`.
     pub heartbeat_timeout: Duration,
+    /// Task growth is judged after this warm-up, against the live count at its end.
+    pub task_warmup: Duration,
+    /// Task growth is fitted over the samples of this window.
+    pub task_window: Duration,
 }
 
 /// Parses a duration such as `500ms`, `5s`, `2m` or `1h`.
@@ -675,6 +683,16 @@ impl Config {
                 "health.heartbeat_timeout",
                 health.heartbeat_timeout.as_deref(),
                 Duration::from_secs(10),
+            )?,
+            task_warmup: r.positive_duration(
+                "health.task_warmup",
+                health.task_warmup.as_deref(),
+                Duration::from_secs(5),
+            )?,
+            task_window: r.positive_duration(
+                "health.task_window",
+                health.task_window.as_deref(),
+                Duration::from_secs(60),
             )?,
         };
 

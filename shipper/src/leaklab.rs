@@ -5,7 +5,8 @@
 //! the function and the await point where they wait. Nothing here runs unless `--leak-lab` names it.
 //!
 //! The leaked tasks are spawned with a bare `tokio::spawn` on purpose: they have no owner, no
-//! cancellation and no join. That is the bug being reproduced. The drivers that trigger the leaks
+//! cancellation and no join. That is the bug being reproduced. Their futures are wrapped in the
+//! probe's [`traced`] only so that release-build dumps keep this file's frames. The drivers that trigger the leaks
 //! (the poll ticker, the health-check loop) are ordinary owned tasks run by the supervisor.
 
 use std::fmt;
@@ -13,8 +14,11 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use diagtool::probe::traced;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+
+use crate::source::SourceEvents;
 
 /// One of the leaks the lab can reproduce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,6 +191,13 @@ impl LeakLab {
         &self.specs
     }
 
+    /// Whether a timed scenario is on, so [`LeakLab::run`] has something to drive.
+    pub fn has_timed(&self) -> bool {
+        self.specs
+            .iter()
+            .any(|s| s.scenario != Scenario::FileAddSpawn)
+    }
+
     fn spec(&self, scenario: Scenario) -> Option<LeakSpec> {
         self.specs.iter().copied().find(|s| s.scenario == scenario)
     }
@@ -200,7 +211,7 @@ impl LeakLab {
             // Each task waits for a line on a channel whose sender is dropped into the task itself:
             // the channel stays open (the sender lives) and nothing is ever sent.
             let (tx, rx) = mpsc::channel::<String>(1);
-            tokio::spawn(follow_added_file(tx, rx));
+            tokio::spawn(traced(follow_added_file(tx, rx)));
         }
     }
 
@@ -214,7 +225,7 @@ impl LeakLab {
         for _ in 0..spec.count {
             let (reply_tx, reply_rx) = oneshot::channel();
             unanswered.push(reply_tx);
-            tokio::spawn(await_ping_reply(reply_rx));
+            tokio::spawn(traced(await_ping_reply(reply_rx)));
         }
     }
 
@@ -222,7 +233,7 @@ impl LeakLab {
     fn poll_tick(&self, count: u32) {
         for _ in 0..count {
             let never = Arc::new(Notify::new());
-            tokio::spawn(park_after_poll(never));
+            tokio::spawn(traced(park_after_poll(never)));
         }
     }
 
@@ -246,6 +257,49 @@ impl LeakLab {
                 _ = tick(&mut health_timer) => self.sink_health_checked(),
             }
         }
+    }
+}
+
+/// Source events that also tell the lab about every file added (the `file-add-spawn` hook),
+/// then pass everything on to `inner`.
+#[derive(Debug)]
+pub struct LabEvents<E> {
+    lab: LeakLab,
+    inner: E,
+}
+
+impl<E: SourceEvents> LabEvents<E> {
+    /// `inner`'s events, with `lab`'s hook on `file_added`.
+    pub fn new(lab: LeakLab, inner: E) -> Self {
+        LabEvents { lab, inner }
+    }
+}
+
+impl<E: SourceEvents> SourceEvents for LabEvents<E> {
+    fn file_added(&self, path: &str, offset: u64) {
+        self.inner.file_added(path, offset);
+        self.lab.file_added();
+    }
+    fn file_removed(&self, path: &str) {
+        self.inner.file_removed(path);
+    }
+    fn files_active(&self, n: usize) {
+        self.inner.files_active(n);
+    }
+    fn lines_read(&self, lines: u64, bytes: u64) {
+        self.inner.lines_read(lines, bytes);
+    }
+    fn lines_truncated(&self, path: &str, n: u64) {
+        self.inner.lines_truncated(path, n);
+    }
+    fn file_truncated(&self, path: &str) {
+        self.inner.file_truncated(path);
+    }
+    fn read_error(&self, path: &str, error: &std::io::Error) {
+        self.inner.read_error(path, error);
+    }
+    fn docker_invalid(&self, path: &str, error: &str) {
+        self.inner.docker_invalid(path, error);
     }
 }
 

@@ -16,6 +16,7 @@ pub mod server;
 pub mod sink;
 pub mod source;
 pub mod supervisor;
+pub mod tasks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -28,7 +29,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, SinkKind};
 use crate::health::Health;
+use crate::leaklab::{LabEvents, LeakLab, LeakSpec};
 use crate::supervisor::Supervisor;
+use crate::tasks::{TaskGrowth, TaskGrowthSettings};
 
 /// Chunks the reader may have queued ahead of the dispatcher (each at most ~1 MiB of lines).
 const CHUNK_QUEUE: usize = 4;
@@ -37,17 +40,60 @@ const BATCH_QUEUE: usize = 4;
 /// After the deadline, how long components get to write their last positions.
 const HARD_STOP_GRACE: Duration = Duration::from_secs(2);
 
+/// What makes the shipper observable, all optional: the Prometheus recorder's handle (`/metrics`),
+/// the probe installed on the runtime (the debug port, task metrics and task health) and the
+/// tokio-console server (its tracing layer must already be installed).
+#[derive(Debug, Default)]
+pub struct Diagnostics {
+    /// Renders `/metrics` (`None`: 503).
+    pub metrics: Option<PrometheusHandle>,
+    /// Serves `/debug/*` on `server.debug_addr` and feeds `shipper_tasks_*` and `/health`'s tasks.
+    pub probe: Option<diagtool::probe::Probe>,
+    /// Served until shutdown.
+    pub console: Option<diagtool::probe::console::ConsoleServer>,
+}
+
+/// Parses `config.leak_lab` (`--leak-lab` values).
+pub fn leak_specs(config: &Config) -> anyhow::Result<Vec<LeakSpec>> {
+    config
+        .leak_lab
+        .iter()
+        .map(|v| v.parse::<LeakSpec>().map_err(anyhow::Error::from))
+        .collect()
+}
+
 /// Runs the shipper until `signal` completes (graceful shutdown) or a component fails (error).
-///
-/// Shutdown order: not ready; the reader stops; the dispatcher flushes what was read; the sink
-/// delivers it; the checkpointer saves the acknowledged positions. If that takes longer than
-/// `shutdown_timeout`, in-flight batches are abandoned unacknowledged (re-read next start) and the
-/// positions acknowledged so far are saved.
+/// [`run_with`] without a probe or console.
 pub async fn run(
     config: Config,
     metrics: Option<PrometheusHandle>,
     signal: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let diagnostics = Diagnostics {
+        metrics,
+        ..Diagnostics::default()
+    };
+    run_with(config, diagnostics, signal).await
+}
+
+/// Runs the shipper with its diagnostics until `signal` completes (graceful shutdown) or a
+/// component fails (error).
+///
+/// Shutdown order: not ready; the reader stops; the dispatcher flushes what was read; the sink
+/// delivers it; the checkpointer saves the acknowledged positions. If that takes longer than
+/// `shutdown_timeout`, in-flight batches are abandoned unacknowledged (re-read next start) and the
+/// positions acknowledged so far are saved.
+pub async fn run_with(
+    config: Config,
+    diagnostics: Diagnostics,
+    signal: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let Diagnostics {
+        metrics,
+        probe,
+        console,
+    } = diagnostics;
+    let lab = LeakLab::new(leak_specs(&config)?);
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data_dir '{}'", config.data_dir.display()))?;
     let loaded = checkpoint::load(&config.data_dir)?;
@@ -69,16 +115,64 @@ pub async fn run(
     let state = server::ServerState {
         health: health.clone(),
         metrics: metrics.clone(),
+        probe: probe.clone(),
     };
     sup.spawn(
         "server",
         server::serve(listener, state, server_stop.clone()),
     );
-    if metrics.is_some() {
+    if let Some(probe) = &probe {
+        let addr = config.server.debug_addr;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (server.debug_addr)"))?;
+        tracing::info!(addr = %listener.local_addr()?, "debug port listening");
+        let (debug, stop) = (probe.clone(), server_stop.clone());
+        sup.spawn("debug-server", async move {
+            diagtool::probe::router::serve_on(debug, listener, stop)
+                .await
+                .map_err(anyhow::Error::from)
+        });
+        let growth = TaskGrowth::new(TaskGrowthSettings {
+            warn_per_min: config.health.task_growth_warn_per_min,
+            fail_on_leak: config.health.fail_on_task_leak,
+            warmup: config.health.task_warmup,
+            window: config.health.task_window,
+            ..TaskGrowthSettings::default()
+        });
+        health.set_tasks_provider(Arc::new(growth.clone()));
+        sup.spawn(
+            "task-health",
+            growth.run(
+                probe.clone(),
+                server_stop.clone(),
+                sup.heartbeat("task-health"),
+            ),
+        );
+    } else if metrics.is_some() {
+        // Without a probe the runtime figures come from tokio-metrics' reporter instead.
         sup.spawn(
             "runtime-metrics",
             server::runtime_metrics(server_stop.clone()),
         );
+    }
+    if let Some(console) = console {
+        tracing::info!(addr = %console.addr(), "tokio-console listening");
+        let stop = server_stop.clone();
+        sup.spawn("console", async move {
+            console.run(stop).await.map_err(anyhow::Error::from)
+        });
+    }
+    if lab.is_enabled() {
+        let names: Vec<String> = lab.specs().iter().map(ToString::to_string).collect();
+        tracing::warn!(scenarios = ?names, "leak lab on: this process leaks tasks on purpose");
+    }
+    if lab.has_timed() {
+        let (lab, stop) = (lab.clone(), sup.shutdown());
+        sup.spawn("leak-lab", async move {
+            lab.run(stop).await;
+            Ok(())
+        });
     }
 
     let (chunk_tx, chunk_rx) = mpsc::channel(CHUNK_QUEUE);
@@ -153,7 +247,7 @@ pub async fn run(
                 sources: config.sources.clone(),
                 ledger,
                 tx: chunk_tx,
-                events: Arc::new(source::MetricEvents),
+                events: Arc::new(LabEvents::new(lab, source::MetricEvents)),
             },
             sup.shutdown(),
             sup.heartbeat("reader"),

@@ -83,7 +83,46 @@ fn load(cli: &Cli) -> Result<Config, Failure> {
     }
     config.server.console |= cli.console;
     config.leak_lab = cli.leak_lab.clone();
+    // The file's own check ran before the flags were applied; --debug-addr needs it again.
+    diagtool::probe::check_bind(
+        config.server.debug_addr,
+        config.server.debug_token.as_deref(),
+    )
+    .map_err(|_| {
+        Failure::Config(anyhow::anyhow!(
+            "key `server.debug_token`: required when debug_addr ({}) is not loopback; \
+                 set server.debug_token in the config file, or bind 127.0.0.1",
+            config.server.debug_addr
+        ))
+    })?;
+    shipper::leak_specs(&config).map_err(Failure::Config)?;
     Ok(config)
+}
+
+/// Installs the log output (`SHIPPER_LOG`, default `info`, to stderr) and, when asked, the
+/// tokio-console layer beside it; returns the console's server to run.
+fn init_tracing(config: &Config) -> Option<diagtool::probe::console::ConsoleServer> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SHIPPER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_filter(filter);
+    let (console, server) = match config.server.console {
+        true => {
+            let (layer, server) = diagtool::probe::console::layer(config.server.console_addr);
+            (Some(layer), Some(server))
+        }
+        false => (None, None),
+    };
+    tracing_subscriber::registry()
+        .with(console)
+        .with(fmt)
+        .init();
+    server
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
@@ -105,21 +144,27 @@ fn run(cli: Cli) -> Result<(), Failure> {
         println!("ok");
         return Ok(());
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SHIPPER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
+    // The probe's hooks go on the runtime before it is built: every task, from the first,
+    // is counted by spawn site.
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    let probe = diagtool::probe::Probe::builder("shipper")
+        .addr(config.server.debug_addr)
+        .token(config.server.debug_token.clone())
+        .install(&mut builder)
+        .map_err(|e| Failure::Config(e.into()))?;
+    let console = init_tracing(&config);
+    let runtime = builder
         .build()
         .map_err(|e| Failure::Runtime(anyhow::anyhow!("cannot start the tokio runtime: {e}")))?;
     runtime.block_on(async {
         let metrics = shipper::server::install_metrics().map_err(Failure::Runtime)?;
-        shipper::run(config, Some(metrics), shutdown_signal())
+        let diagnostics = shipper::Diagnostics {
+            metrics: Some(metrics),
+            probe: Some(probe),
+            console,
+        };
+        shipper::run_with(config, diagnostics, shutdown_signal())
             .await
             .map_err(Failure::Runtime)
     })

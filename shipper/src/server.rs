@@ -2,7 +2,10 @@
 //!
 //! Metrics go through the `metrics` facade into `metrics-exporter-prometheus`'s recorder, rendered
 //! on request (text format 0.0.4, valid for `promtool check metrics`); latencies are histograms
-//! with explicit buckets. The router takes its state explicitly and is tested without a socket.
+//! with explicit buckets. With a probe, each scrape first records the registry's per-site task
+//! series and the runtime's figures ([`diagtool::probe::record_metrics`]), so they are never older
+//! than the scrape and no background task is needed for them. The router takes its state
+//! explicitly and is tested without a socket.
 
 use std::time::Duration;
 
@@ -29,6 +32,9 @@ pub struct ServerState {
     pub health: Health,
     /// The Prometheus recorder's handle (`None`: `/metrics` answers 503).
     pub metrics: Option<PrometheusHandle>,
+    /// The probe whose registry and runtime figures `/metrics` exports (`shipper_tasks_*`,
+    /// `shipper_tokio_*`), recorded at each scrape.
+    pub probe: Option<diagtool::probe::Probe>,
 }
 
 /// Installs the global Prometheus recorder and describes the shipper's series (so they show with
@@ -143,6 +149,9 @@ async fn ready(State(s): State<ServerState>) -> Response {
 async fn render_metrics(State(s): State<ServerState>) -> Response {
     match &s.metrics {
         Some(h) => {
+            if let (Some(probe), Ok(rt)) = (&s.probe, tokio::runtime::Handle::try_current()) {
+                diagtool::probe::record_metrics("shipper", probe.registry(), &rt);
+            }
             h.run_upkeep();
             (
                 [(
@@ -201,6 +210,7 @@ mod tests {
         let state = ServerState {
             health: health.clone(),
             metrics: None,
+            probe: None,
         };
         let (code, body) = get_path(state.clone(), "/health").await;
         assert_eq!(code, StatusCode::OK);

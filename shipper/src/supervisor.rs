@@ -64,7 +64,8 @@ impl Supervisor {
         self.inner.health.heartbeat(name)
     }
 
-    /// Spawns a named component. `#[track_caller]`: the runtime's spawn site is the caller's line.
+    /// Spawns a named component. `#[track_caller]`: the runtime's spawn site is the caller's line
+    /// (so `/debug/tasks` names `lib.rs:NN`, where the component is started, not this file).
     /// An error ends the component, is logged, kept as the process's failure and starts shutdown.
     #[track_caller]
     pub fn spawn<F>(&self, name: &'static str, fut: F) -> JoinHandle<()>
@@ -72,7 +73,7 @@ impl Supervisor {
         F: Future<Output = anyhow::Result<()>> + Send + 'static,
     {
         let inner = Arc::clone(&self.inner);
-        let task = self.inner.tracker.track_future(async move {
+        let task = async move {
             let result = fut.await;
             match result {
                 Ok(()) => {
@@ -87,16 +88,11 @@ impl Supervisor {
                     inner.shutdown.cancel();
                 }
             }
-        });
-        match tokio::task::Builder::new().name(name).spawn(task) {
-            Ok(h) => h,
-            // Only fails when the runtime is shutting down; nothing else can be done then.
-            Err(e) => {
-                tracing::error!(component = name, error = %e, "cannot spawn");
-                self.inner.shutdown.cancel();
-                tokio::spawn(async {})
-            }
-        }
+        };
+        // Through the probe: the task is named in the registry, wrapped so release-build dumps keep
+        // its frames, tracked for `wait`, and (every layer being `#[track_caller]`) its spawn site
+        // is the line that called this method.
+        diagtool::probe::spawn_named_in(&self.inner.tracker, name, task)
     }
 
     /// The first component failure, if any.

@@ -9,6 +9,7 @@
 mod chart;
 mod client;
 mod commands;
+mod demo;
 mod dump;
 mod fmt;
 mod generate;
@@ -151,6 +152,12 @@ pub enum Command {
         after_help = "Examples:\n  diagtool soak --profile profiles/steady.toml --duration 1m\n  diagtool soak --profile profiles/leak-poll-spawn.toml --junit soak.xml   # exits 1, names the site"
     )]
     Soak(SoakArgs),
+    /// Start the shipper beside diagtool with the leak lab's classic leak, watch it, name the
+    /// leaking spawn site, show where its tasks wait, and stop everything (about a minute).
+    #[command(
+        after_help = "Examples:\n  diagtool demo\n  diagtool demo --interval 10s --duration 2m --shipper target/release/shipper"
+    )]
+    Demo(DemoArgs),
     /// Print a shell completion script.
     #[command(
         after_help = "Examples:\n  diagtool completions bash > /etc/bash_completion.d/diagtool\n  diagtool completions zsh > \"${fpath[1]}/_diagtool\"\n  diagtool completions fish > ~/.config/fish/completions/diagtool.fish"
@@ -169,6 +176,20 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+}
+
+/// `diagtool demo` flags.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Time between samples; the leak lab leaks 16 tasks each interval.
+    #[arg(long, value_name = "DUR", default_value = "5s")]
+    pub interval: Dur,
+    /// How long to watch.
+    #[arg(long, value_name = "DUR", default_value = "60s")]
+    pub duration: Dur,
+    /// The shipper binary [default: `shipper` beside diagtool].
+    #[arg(long, value_name = "PATH")]
+    pub shipper: Option<PathBuf>,
 }
 
 /// `diagtool soak` flags.
@@ -268,6 +289,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             junit: args.junit,
             shipper: args.shipper,
         }),
+        Command::Demo(args) => demo::demo(&demo::DemoArgs {
+            interval: args.interval.0,
+            duration: args.duration.0,
+            shipper: args.shipper,
+        }),
         command => {
             let client = Client::new(&cli.target, cli.token)?;
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -302,7 +328,8 @@ async fn remote(client: Client, command: Command) -> anyhow::Result<ExitCode> {
         | Command::Report { .. }
         | Command::Completions { .. }
         | Command::Man { .. }
-        | Command::Soak(_) => Err(anyhow::anyhow!(
+        | Command::Soak(_)
+        | Command::Demo(_) => Err(anyhow::anyhow!(
             "internal error: a local command was sent to the target"
         )),
     }

@@ -179,7 +179,7 @@ fn not_started(profile: &Profile, message: String) -> Judgement {
 
 /// `--shipper PATH`, or `shipper` beside the running executable (or beside its parent when it
 /// runs from `target/*/deps`, as tests do).
-fn resolve_shipper(given: Option<&Path>) -> Result<PathBuf, String> {
+pub(crate) fn resolve_shipper(given: Option<&Path>) -> Result<PathBuf, String> {
     if let Some(path) = given {
         return if path.is_file() {
             Ok(path.to_owned())

@@ -37,6 +37,10 @@ pub struct Env {
     pub sink_table: Option<String>,
     /// Additional tables (e.g. a docker source).
     pub tables: String,
+    /// Extra keys of the `[server]` table.
+    pub server_extra: String,
+    /// Extra command-line arguments (e.g. `--leak-lab poll-spawn:4/1s`).
+    pub args: Vec<String>,
 }
 
 impl Env {
@@ -50,6 +54,8 @@ impl Env {
             sink_extra: String::new(),
             sink_table: None,
             tables: String::new(),
+            server_extra: String::new(),
+            args: Vec::new(),
         }
     }
 
@@ -75,10 +81,11 @@ impl Env {
         });
         format!(
             "data_dir = \"{d}/data\"\ncheckpoint_interval = \"100ms\"\n{top}\n\
-             [server]\nmain_addr = \"127.0.0.1:0\"\n\n\
+             [server]\nmain_addr = \"127.0.0.1:0\"\ndebug_addr = \"127.0.0.1:0\"\n{server}\n\
              [[sources]]\ntype = \"file\"\ninclude = [\"{d}/logs/**/*.log\"]\nlabels = {{ job = \"test\" }}\npoll_interval = \"200ms\"\n{src}\n\
              {tables}\n{sink}\n",
             top = self.top_extra,
+            server = self.server_extra,
             src = self.source_extra,
             tables = self.tables,
         )
@@ -92,12 +99,18 @@ impl Env {
 
     /// Starts the shipper and waits until its main port listens.
     pub fn start(&self) -> Shipper {
+        self.start_bin(BIN)
+    }
+
+    /// Starts the given shipper binary (e.g. a release build) like [`Env::start`].
+    pub fn start_bin(&self, bin: &str) -> Shipper {
         let config = self.write_config();
         let n = std::fs::read_dir(self.dir.path()).unwrap().count();
         let log = self.path(&format!("stderr-{n}.log"));
-        let child = Command::new(BIN)
+        let child = Command::new(bin)
             .arg("--config")
             .arg(&config)
+            .args(&self.args)
             .env("SHIPPER_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -108,6 +121,7 @@ impl Env {
             child,
             log,
             addr: String::new(),
+            debug_addr: String::new(),
         };
         let mut addr = None;
         wait_until(Duration::from_secs(20), "the main port to listen", || {
@@ -120,9 +134,17 @@ impl Env {
                 .find(|l| l.contains("main port listening"))
                 .and_then(|l| l.split("addr=").nth(1))
                 .map(|a| a.trim().to_string());
-            addr.is_some()
+            // The debug port binds right after the main port.
+            addr.is_some() && s.stderr().contains("debug port listening")
         });
         s.addr = addr.unwrap();
+        s.debug_addr = s
+            .stderr()
+            .lines()
+            .find(|l| l.contains("debug port listening"))
+            .and_then(|l| l.split("addr=").nth(1))
+            .map(|a| a.trim().to_string())
+            .unwrap_or_default();
         s
     }
 
@@ -183,6 +205,8 @@ pub struct Shipper {
     pub child: Child,
     pub log: PathBuf,
     pub addr: String,
+    /// The debug port (`/debug/*`).
+    pub debug_addr: String,
 }
 
 impl Shipper {
@@ -267,4 +291,81 @@ pub fn run_bin(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).to_string(),
         String::from_utf8_lossy(&out.stderr).to_string(),
     )
+}
+
+/// A GET over loopback (bounded timeout) with an optional bearer token: (status, body bytes).
+/// Decodes a chunked body.
+pub fn http_get_bytes(addr: &str, path: &str, token: Option<&str>) -> (u16, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(70))).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let mut body = buf[end + 4..].to_vec();
+    if head.contains("transfer-encoding: chunked") {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        loop {
+            let line_end = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+            let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..line_end]).trim(), 16)
+                .unwrap();
+            rest = &rest[line_end + 2..];
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(&rest[..size]);
+            rest = &rest[size + 2..];
+        }
+        body = out;
+    }
+    (status, body)
+}
+
+impl Shipper {
+    /// `GET path` on the debug port, as text: (status, body).
+    pub fn debug_get(&self, path: &str) -> (u16, String) {
+        let (code, body) = http_get_bytes(&self.debug_addr, path, None);
+        (code, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// `/debug/tasks` as JSON.
+    pub fn tasks(&self) -> serde_json::Value {
+        let (code, body) = self.debug_get("/debug/tasks");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+}
+
+/// Live tasks per site in a snapshot, summed over entries with the same site string.
+pub fn live_by_site(snapshot: &serde_json::Value) -> HashMap<String, u64> {
+    let mut m = HashMap::new();
+    for s in snapshot["sites"].as_array().unwrap() {
+        *m.entry(s["site"].as_str().unwrap().to_string())
+            .or_insert(0) += s["live"].as_u64().unwrap();
+    }
+    m
+}
+
+/// The sites whose live count grew from `a` to `b`, with the growth.
+pub fn grown(a: &serde_json::Value, b: &serde_json::Value) -> Vec<(String, u64)> {
+    let (a, b) = (live_by_site(a), live_by_site(b));
+    let mut out: Vec<(String, u64)> = b
+        .iter()
+        .filter_map(|(site, live)| {
+            let before = a.get(site).copied().unwrap_or(0);
+            (*live > before).then(|| (site.clone(), live - before))
+        })
+        .collect();
+    out.sort();
+    out
 }
