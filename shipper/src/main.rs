@@ -4,12 +4,22 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use shipper::config::{Config, DEFAULT_CONFIG};
+
+const EXAMPLES: &str = "\
+Examples:
+  shipper --print-default-config > shipper.toml      start from the built-in default
+  shipper --check-config --config shipper.toml       prints ok, or the offending key (exit 2)
+  shipper --config shipper.toml                      run; SIGTERM flushes and saves positions
+  shipper --config shipper.toml --console            also serve tokio-console on 127.0.0.1:6669
+  shipper --leak-lab poll-spawn:16/30s               reproduce a leak for diagtool watch
+  shipper --completions bash > /etc/bash_completion.d/shipper
+  shipper --man | man -l -";
 
 /// Tails log files and Docker json-file logs and pushes them to Grafana Loki, losing no line.
 #[derive(Debug, Parser)]
-#[command(name = "shipper", version)]
+#[command(name = "shipper", version, after_help = EXAMPLES)]
 struct Cli {
     /// Config file (TOML) [default: the built-in config, see --print-default-config].
     #[arg(long, value_name = "FILE")]
@@ -35,6 +45,12 @@ struct Cli {
     /// Print the built-in default config (valid TOML) and exit.
     #[arg(long)]
     print_default_config: bool,
+    /// Print a shell completion script for SHELL and exit.
+    #[arg(long, value_enum, value_name = "SHELL")]
+    completions: Option<clap_complete::Shell>,
+    /// Print the man page (roff) and exit.
+    #[arg(long)]
+    man: bool,
 }
 
 enum Failure {
@@ -114,6 +130,15 @@ fn run(cli: Cli) -> Result<(), Failure> {
         print!("{DEFAULT_CONFIG}");
         return Ok(());
     }
+    if let Some(shell) = cli.completions {
+        return generate(|out| {
+            clap_complete::generate(shell, &mut Cli::command(), "shipper", out);
+            Ok(())
+        });
+    }
+    if cli.man {
+        return generate(|out| clap_mangen::Man::new(Cli::command()).render(out));
+    }
     let config = load(&cli)?;
     if cli.check_config {
         println!("ok");
@@ -143,6 +168,19 @@ fn run(cli: Cli) -> Result<(), Failure> {
             .await
             .map_err(Failure::Runtime)
     })
+}
+
+/// Writes generated text (completions, man page) to stdout; a closed pipe is not a failure.
+fn generate(
+    write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    match write(&mut out).and_then(|()| std::io::Write::flush(&mut out)) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Failure::Runtime(
+            anyhow::anyhow!("cannot write to standard output: {e}"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 async fn shutdown_signal() {
@@ -187,5 +225,43 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn completions_and_man_page_name_every_flag() {
+        let mut cmd = Cli::command();
+        let mut bash = Vec::new();
+        clap_complete::generate(clap_complete::Shell::Bash, &mut cmd, "shipper", &mut bash);
+        let bash = String::from_utf8(bash).unwrap();
+        let mut man = Vec::new();
+        clap_mangen::Man::new(Cli::command())
+            .render(&mut man)
+            .unwrap();
+        let man = String::from_utf8(man).unwrap();
+        assert!(man.contains(".TH shipper 1"), "roff title header");
+        for flag in [
+            "config",
+            "main-addr",
+            "debug-addr",
+            "console",
+            "leak-lab",
+            "check-config",
+        ] {
+            assert!(
+                bash.contains(&format!("--{flag}")),
+                "bash completion lacks --{flag}"
+            );
+            let roff = format!("\\-\\-{}", flag.replace('-', "\\-"));
+            assert!(man.contains(&roff), "man page lacks {roff}");
+        }
+    }
+
+    #[test]
+    fn help_shows_examples() {
+        let help = Cli::command().render_help().to_string();
+        assert!(help.contains("Examples:"), "{help}");
+        assert!(help.contains("shipper --check-config --config shipper.toml"));
+        assert!(Cli::try_parse_from(["shipper", "--completions", "tcsh"]).is_err());
+        assert!(Cli::try_parse_from(["shipper", "--completions", "zsh"]).is_ok());
     }
 }

@@ -94,6 +94,8 @@ fn describe_metrics() {
         "shipper_sent_entries_total",
         "shipper_sent_bytes_total",
         "shipper_batch_retries_total",
+        "shipper_read_errors_total",
+        "shipper_checkpoint_errors_total",
     ] {
         counter!(name).increment(0);
     }

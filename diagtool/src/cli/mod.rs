@@ -12,6 +12,7 @@ mod commands;
 mod demo;
 mod dump;
 mod fmt;
+mod generate;
 mod report;
 mod watch;
 
@@ -29,7 +30,7 @@ pub const DEFAULT_TARGET: &str = "http://127.0.0.1:6060";
 /// Leak diagnostics and profiling for tokio services: watch task growth per spawn site, dump where
 /// tasks are parked, profile the CPU, and write an incident report.
 #[derive(Debug, Parser)]
-#[command(name = "diagtool", version, max_term_width = 100)]
+#[command(name = "diagtool", version, max_term_width = 100, after_help = EXAMPLES)]
 pub struct Cli {
     /// Base URL of the target's debug port (http only).
     #[arg(long, global = true, env = "DIAGTOOL_TARGET", hide_env_values = true, default_value = DEFAULT_TARGET)]
@@ -42,10 +43,21 @@ pub struct Cli {
     pub command: Command,
 }
 
+const EXAMPLES: &str = "\
+Examples:
+  diagtool watch --interval 10s --duration 5m     judge task growth per spawn site
+  diagtool dump --format text | less              where every task is parked, grouped
+  diagtool snapshot -o before.json                keep a snapshot to diff later
+  diagtool --target http://10.0.0.5:6060 --token \"$TOKEN\" snapshot --format text
+Exit codes: 0 ok, 1 a problem found (leak, failed soak), 2 usage or input error, 3 target unreachable.";
+
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Fetch one snapshot of the target's live tasks per spawn site.
+    #[command(
+        after_help = "Examples:\n  diagtool snapshot --format text\n  diagtool snapshot -o before.json"
+    )]
     Snapshot {
         /// Write to FILE instead of standard output.
         #[arg(short, long, value_name = "FILE")]
@@ -55,8 +67,14 @@ pub enum Command {
         format: SnapshotFormat,
     },
     /// Sample the target every interval and judge the task growth of each spawn site.
+    #[command(
+        after_help = "Examples:\n  diagtool watch --interval 10s --duration 5m\n  diagtool watch --interval 5s --duration 2m --json --fail-on-leak > watch.json\n  diagtool watch --record incident/ --duration 10m && diagtool report incident/"
+    )]
     Watch(WatchArgs),
     /// Compare two snapshot files site by site (like `go tool pprof -diff_base`).
+    #[command(
+        after_help = "Examples:\n  diagtool snapshot -o before.json; sleep 300; diagtool snapshot -o after.json\n  diagtool diff before.json after.json\n  diagtool diff before.json after.json --json"
+    )]
     Diff {
         /// The earlier snapshot.
         #[arg(value_name = "BASE.json")]
@@ -69,6 +87,9 @@ pub enum Command {
         json: bool,
     },
     /// Fetch a task dump: where every task is parked, grouped by spawn site and trace.
+    #[command(
+        after_help = "Examples:\n  diagtool dump --format text | less\n  diagtool dump -o dump.json && diagtool flamegraph dump.json -o tasks.svg\n  diagtool dump --format folded --timeout 30s > tasks.folded"
+    )]
     Dump {
         /// Write to FILE instead of standard output.
         #[arg(short, long, value_name = "FILE")]
@@ -81,6 +102,9 @@ pub enum Command {
         timeout: Dur,
     },
     /// Record a CPU profile of the target (gzipped pprof protobuf, readable by `go tool pprof`).
+    #[command(
+        after_help = "Examples:\n  diagtool profile --seconds 10 -o cpu.pb.gz --flamegraph cpu.svg\n  go tool pprof -top cpu.pb.gz"
+    )]
     Profile {
         /// Seconds to profile for (the target allows at most 60).
         #[arg(long, value_name = "N", default_value_t = 30)]
@@ -98,6 +122,9 @@ pub enum Command {
         flamegraph: Option<PathBuf>,
     },
     /// Draw an SVG flamegraph of where tasks are parked, from a dump JSON or folded stacks.
+    #[command(
+        after_help = "Examples:\n  diagtool flamegraph dump.json -o tasks.svg\n  diagtool flamegraph tasks.folded -o tasks.svg"
+    )]
     Flamegraph {
         /// A diagtool.dump/v1 file, or folded stacks (`frame;frame count` per line).
         #[arg(value_name = "INPUT")]
@@ -108,6 +135,9 @@ pub enum Command {
     },
     /// Write a Markdown incident report (timeline, growth table, SVG chart, dump excerpts) from a
     /// `watch --record DIR` recording.
+    #[command(
+        after_help = "Examples:\n  diagtool watch --record incident/ --duration 10m\n  diagtool report incident/                 # writes incident/report.md\n  diagtool report incident/ -o leak-report.md"
+    )]
     Report {
         /// The recording directory.
         #[arg(value_name = "DIR")]
@@ -118,10 +148,34 @@ pub enum Command {
     },
     /// Run the shipper under a soak profile on loopback and judge delivery, task growth, RSS and
     /// open fds (exit 0 pass, 1 fail, 3 the shipper did not start).
+    #[command(
+        after_help = "Examples:\n  diagtool soak --profile profiles/steady.toml --duration 1m\n  diagtool soak --profile profiles/leak-poll-spawn.toml --junit soak.xml   # exits 1, names the site"
+    )]
     Soak(SoakArgs),
     /// Start the shipper beside diagtool with the leak lab's classic leak, watch it, name the
     /// leaking spawn site, show where its tasks wait, and stop everything (about a minute).
+    #[command(
+        after_help = "Examples:\n  diagtool demo\n  diagtool demo --interval 10s --duration 2m --shipper target/release/shipper"
+    )]
     Demo(DemoArgs),
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  diagtool completions bash > /etc/bash_completion.d/diagtool\n  diagtool completions zsh > \"${fpath[1]}/_diagtool\"\n  diagtool completions fish > ~/.config/fish/completions/diagtool.fish"
+    )]
+    Completions {
+        /// The shell.
+        #[arg(value_enum, value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), or write one page per command into a directory.
+    #[command(
+        after_help = "Examples:\n  diagtool man | man -l -\n  diagtool man --dir /usr/local/share/man/man1"
+    )]
+    Man {
+        /// Write diagtool.1 and diagtool-COMMAND.1 into DIR instead of printing diagtool.1.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// `diagtool demo` flags.
@@ -223,6 +277,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Diff { base, new, json } => commands::diff(&base, &new, json),
         Command::Flamegraph { input, output } => dump::flamegraph(&input, &output),
         Command::Report { dir, output } => report::report(&dir, output.as_deref()),
+        Command::Completions { shell } => {
+            generate::completions(shell, &mut std::io::stdout().lock()).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Man { dir } => {
+            generate::man(dir.as_deref(), &mut std::io::stdout().lock()).map(|()| ExitCode::SUCCESS)
+        }
         Command::Soak(args) => crate::soak::run(crate::soak::SoakArgs {
             profile: args.profile,
             duration: args.duration.map(|d| d.0),
@@ -266,6 +326,8 @@ async fn remote(client: Client, command: Command) -> anyhow::Result<ExitCode> {
         Command::Diff { .. }
         | Command::Flamegraph { .. }
         | Command::Report { .. }
+        | Command::Completions { .. }
+        | Command::Man { .. }
         | Command::Soak(_)
         | Command::Demo(_) => Err(anyhow::anyhow!(
             "internal error: a local command was sent to the target"

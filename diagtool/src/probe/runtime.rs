@@ -41,7 +41,8 @@ pub fn runtime_stats(handle: &Handle) -> RuntimeStats {
 ///   (gauges);
 /// - `<prefix>_tokio_spawned_tasks_total`, `_tokio_remote_schedules_total`,
 ///   `_tokio_budget_forced_yields_total`, and summed over workers `_tokio_polls_total`,
-///   `_tokio_parks_total`, `_tokio_steals_total`, `_tokio_busy_seconds_total` (counters).
+///   `_tokio_parks_total`, `_tokio_steals_total` (counters), and `_tokio_busy_seconds` (a gauge
+///   that only grows: `rate()` it).
 ///
 /// Call it right before rendering the exporter's text; it is cheap (one pass over the sites).
 pub fn record_metrics(prefix: &str, registry: &TaskRegistry, handle: &Handle) {
@@ -86,7 +87,8 @@ pub fn record_metrics(prefix: &str, registry: &TaskRegistry, handle: &Handle) {
         .sum();
     // A counter of whole milliseconds would lose precision; expose seconds as a gauge that only
     // grows (Prometheus `rate()` works the same on it).
-    g("busy_seconds_total", busy);
+    // No `_total` suffix: Prometheus' linter (`promtool check metrics`) keeps it for counters.
+    g("busy_seconds", busy);
 }
 
 fn describe(prefix: &str) {
@@ -116,10 +118,44 @@ fn describe(prefix: &str) {
         "tasks waiting in the runtime's global queue; a steady climb means workers cannot keep up"
     );
     describe_gauge!(
-        format!("{prefix}_tokio_busy_seconds_total"),
+        format!("{prefix}_tokio_busy_seconds"),
         Unit::Seconds,
-        "time workers spent polling tasks, summed over workers"
+        "time workers spent polling tasks, summed over workers; only grows, so rate() it"
     );
+    // Every exported series has help text: `promtool check metrics` flags those without.
+    for (name, help) in [
+        ("workers", "worker threads of the runtime"),
+        ("blocking_threads", "threads of the blocking pool"),
+        ("idle_blocking_threads", "idle threads of the blocking pool"),
+        (
+            "blocking_queue_depth",
+            "tasks waiting for a blocking-pool thread",
+        ),
+    ] {
+        describe_gauge!(format!("{prefix}_tokio_{name}"), Unit::Count, help);
+    }
+    for (name, help) in [
+        (
+            "spawned_tasks_total",
+            "tasks spawned on the runtime since start",
+        ),
+        (
+            "remote_schedules_total",
+            "tasks scheduled from outside the runtime",
+        ),
+        (
+            "budget_forced_yields_total",
+            "polls forced to yield by the coop budget",
+        ),
+        ("polls_total", "task polls, summed over workers"),
+        ("parks_total", "times workers parked, summed over workers"),
+        (
+            "steals_total",
+            "tasks stolen between workers, summed over workers",
+        ),
+    ] {
+        describe_counter!(format!("{prefix}_tokio_{name}"), Unit::Count, help);
+    }
 }
 
 #[cfg(test)]
