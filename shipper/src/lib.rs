@@ -154,6 +154,7 @@ pub async fn run(
                 ledger,
                 tx: chunk_tx,
                 events: Arc::new(source::MetricEvents),
+                fs_events: true,
             },
             sup.shutdown(),
             sup.heartbeat("reader"),

@@ -130,3 +130,24 @@ fn an_unfinished_last_line_is_not_shipped_until_its_newline_even_across_a_restar
     let lines: Vec<String> = env.delivered().into_iter().map(|e| e.line).collect();
     assert_eq!(lines, vec!["done", "half and half"]);
 }
+
+#[test]
+fn sigint_to_the_stdout_sink_flushes_and_exits_0() {
+    let mut env = Env::new();
+    env.sink_table = Some("[sink]\ntype = \"stdout\"\nbatch_max_wait = \"1h\"\n".into());
+    let shipper = env.start();
+    env.append("app.log", b"to stdout \"quoted\"\n");
+    wait_until(LIMIT, "the line read", || {
+        shipper.metric("shipper_read_lines_total") == Some(1.0)
+    });
+    let out = shipper.stdout.clone();
+    assert!(
+        shipper
+            .signal(libc::SIGINT, Duration::from_secs(15))
+            .success()
+    );
+    let d = support::read_out(&out);
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].line, "to stdout \"quoted\"");
+    assert_eq!(d[0].labels["job"], "test");
+}

@@ -137,30 +137,40 @@ pub fn is_running() -> bool {
 
 /// Profiles the process for `seconds` (1 to [`MAX_SECONDS`]) at `frequency_hz`. The slot is taken
 /// before anything else, so an overlapping call fails at once with [`CpuError::Busy`]; sampling
-/// itself waits on a blocking thread.
+/// itself waits on a blocking thread. When `stop` fires (the host shuts down), sampling ends early
+/// and the profile covers the time sampled so far, so a profile never holds up a shutdown.
 ///
 /// # Examples
 /// ```no_run
 /// # #[tokio::main]
 /// # async fn main() {
-/// let profile = diagtool::probe::cpu::profile(1, 99).await.unwrap();
+/// let stop = tokio_util::sync::CancellationToken::new();
+/// let profile = diagtool::probe::cpu::profile(1, 99, stop).await.unwrap();
 /// std::fs::write("cpu.pb.gz", profile.to_pprof()).unwrap();
 /// # }
 /// ```
-pub async fn profile(seconds: u64, frequency_hz: i32) -> Result<CpuProfile, CpuError> {
+pub async fn profile(
+    seconds: u64,
+    frequency_hz: i32,
+    stop: tokio_util::sync::CancellationToken,
+) -> Result<CpuProfile, CpuError> {
     if !(1..=MAX_SECONDS).contains(&seconds) {
         return Err(CpuError::BadSeconds(seconds));
     }
     let slot = Slot::take()?;
     tokio::task::spawn_blocking(move || {
         let _slot = slot;
-        sample(Duration::from_secs(seconds), frequency_hz)
+        sample(Duration::from_secs(seconds), frequency_hz, &stop)
     })
     .await
     .map_err(|err| CpuError::Profiler(err.to_string()))?
 }
 
-fn sample(length: Duration, frequency_hz: i32) -> Result<CpuProfile, CpuError> {
+fn sample(
+    length: Duration,
+    frequency_hz: i32,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Result<CpuProfile, CpuError> {
     let started_ns = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
@@ -170,7 +180,14 @@ fn sample(length: Duration, frequency_hz: i32) -> Result<CpuProfile, CpuError> {
         .blocklist(BLOCKLIST)
         .build()
         .map_err(|err| CpuError::Profiler(err.to_string()))?;
-    std::thread::sleep(length);
+    // Short naps, so a stop request is seen within 50 ms.
+    while started.elapsed() < length && !stop.is_cancelled() {
+        std::thread::sleep(
+            length
+                .saturating_sub(started.elapsed())
+                .min(Duration::from_millis(50)),
+        );
+    }
     let report = guard
         .report()
         .build()
@@ -238,13 +255,49 @@ mod tests {
         assert_eq!(profile.to_folded(), "main;spin 7\n");
     }
 
+    /// The only test of this binary that samples: the sampler is process-wide.
+    #[test]
+    fn stop_ends_a_long_profile_early_and_frees_the_slot() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("rt");
+        rt.block_on(async {
+            let stop = tokio_util::sync::CancellationToken::new();
+            let started = std::time::Instant::now();
+            let running = tokio::spawn(profile(MAX_SECONDS, 99, stop.clone()));
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while !is_running() {
+                assert!(std::time::Instant::now() < deadline, "never started");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let err = profile(1, 99, stop.clone()).await.expect_err("busy");
+            assert!(matches!(err, CpuError::Busy));
+            stop.cancel();
+            let profile = tokio::time::timeout(Duration::from_secs(10), running)
+                .await
+                .expect("ends soon after stop")
+                .expect("join")
+                .expect("profile");
+            assert!(
+                profile.duration < Duration::from_secs(10),
+                "{:?}",
+                profile.duration
+            );
+            assert!(started.elapsed() < Duration::from_secs(15));
+            assert!(!is_running(), "the slot is free again");
+        });
+    }
+
     #[test]
     fn seconds_out_of_range_are_refused() {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("rt");
         for bad in [0, MAX_SECONDS + 1] {
-            let err = rt.block_on(profile(bad, 99)).expect_err("refused");
+            let stop = tokio_util::sync::CancellationToken::new();
+            let err = rt.block_on(profile(bad, 99, stop)).expect_err("refused");
             assert!(matches!(err, CpuError::BadSeconds(n) if n == bad));
         }
     }

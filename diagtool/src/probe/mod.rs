@@ -236,6 +236,7 @@ impl ProbeBuilder {
             token: self.token.map(Into::into),
             dump_timeout: self.dump_timeout,
             cpu_frequency_hz: self.cpu_frequency_hz,
+            stop: tokio_util::sync::CancellationToken::new(),
         })
     }
 }
@@ -250,6 +251,8 @@ pub struct Probe {
     token: Option<std::sync::Arc<str>>,
     dump_timeout: Duration,
     cpu_frequency_hz: i32,
+    /// Fired when the host stops serving: long requests (CPU profiles) end early.
+    stop: tokio_util::sync::CancellationToken,
 }
 
 /// What a host embeds when it serves the router itself (see [`Probe::into_parts`]).
@@ -305,6 +308,19 @@ impl Probe {
     /// The dumper.
     pub fn dumper(&self) -> &Dumper {
         &self.dumper
+    }
+
+    /// The same probe, whose long requests (CPU profiles) end early once `stop` fires. A host
+    /// mounting [`ProbeParts::router`] itself passes its shutdown token here before
+    /// [`Probe::into_parts`]; [`Probe::serve`] does it for its own.
+    pub fn with_stop(mut self, stop: tokio_util::sync::CancellationToken) -> Self {
+        self.stop = stop;
+        self
+    }
+
+    /// The token that ends long requests early.
+    pub fn stop_token(&self) -> tokio_util::sync::CancellationToken {
+        self.stop.clone()
     }
 
     /// A snapshot now (runtime figures from the current runtime, when there is one).

@@ -75,6 +75,8 @@ pub async fn serve_on(
         source,
     })?;
     check_bind(addr, probe.token())?;
+    // Long requests (CPU profiles) end early when the server stops, instead of holding it up.
+    let probe = probe.with_stop(shutdown.clone());
     axum::serve(listener, router(probe))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
@@ -355,7 +357,7 @@ async fn cpu_profile(
     Query(params): Query<Params>,
 ) -> Result<Response, ApiError> {
     let seconds = parse_seconds(params.seconds.as_deref())?;
-    let profile = cpu::profile(seconds, probe.cpu_frequency_hz()).await?;
+    let profile = cpu::profile(seconds, probe.cpu_frequency_hz(), probe.stop_token()).await?;
     Ok(pprof_response(profile.to_pprof(), "profile"))
 }
 
@@ -364,7 +366,7 @@ async fn cpu_flamegraph(
     Query(params): Query<Params>,
 ) -> Result<Response, ApiError> {
     let seconds = parse_seconds(params.seconds.as_deref())?;
-    let profile = cpu::profile(seconds, probe.cpu_frequency_hz()).await?;
+    let profile = cpu::profile(seconds, probe.cpu_frequency_hz(), probe.stop_token()).await?;
     let title = format!("{} CPU, {} s", probe.service(), seconds);
     let svg = profile.to_flamegraph(&title)?;
     Ok(with_type("image/svg+xml", svg))

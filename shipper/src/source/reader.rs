@@ -133,6 +133,9 @@ pub struct ReaderParts {
     pub tx: mpsc::Sender<Chunk>,
     /// Telemetry.
     pub events: Arc<dyn SourceEvents>,
+    /// Whether to use filesystem events (`notify`); without them discovery and reads rely on the
+    /// poll alone (the fallback when events are unavailable, e.g. on network filesystems).
+    pub fs_events: bool,
 }
 
 /// Runs the reader until `stop` fires or the dispatcher is gone.
@@ -172,7 +175,9 @@ pub async fn run(
     // Filesystem events only wake the loop; the state is always re-derived from the filesystem.
     let wake = Arc::new(Notify::new());
     let structural = Arc::new(AtomicBool::new(true));
-    let mut fs_watch = {
+    let mut fs_watch = if !parts.fs_events {
+        None
+    } else {
         let (wake, structural) = (Arc::clone(&wake), Arc::clone(&structural));
         notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             if let Ok(ev) = res {
@@ -282,6 +287,8 @@ impl Reader {
             }
             self.open(path, si, initial);
         }
+        // Forget failures of paths that are gone, so the map stays bounded by what exists.
+        self.failures.0.retain(|p, _| seen.contains(p));
         for w in &mut self.watchers {
             if w.finishing.is_none() && (!seen.contains(&w.path) || w.deleted()) {
                 w.finishing = Some(now);

@@ -95,18 +95,20 @@ impl Env {
         let config = self.write_config();
         let n = std::fs::read_dir(self.dir.path()).unwrap().count();
         let log = self.path(&format!("stderr-{n}.log"));
+        let stdout = self.path(&format!("stdout-{n}.log"));
         let child = Command::new(BIN)
             .arg("--config")
             .arg(&config)
             .env("SHIPPER_LOG", "info")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(std::fs::File::create(&stdout).unwrap())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
         let mut s = Shipper {
             child,
             log,
+            stdout,
             addr: String::new(),
         };
         let mut addr = None;
@@ -182,6 +184,8 @@ pub fn counts(d: &[Delivered]) -> HashMap<String, usize> {
 pub struct Shipper {
     pub child: Child,
     pub log: PathBuf,
+    /// Where its standard output goes.
+    pub stdout: PathBuf,
     pub addr: String,
 }
 
@@ -196,11 +200,16 @@ impl Shipper {
     }
 
     /// Sends SIGTERM and waits (bounded) for the exit status.
-    pub fn terminate(mut self, limit: Duration) -> ExitStatus {
+    pub fn terminate(self, limit: Duration) -> ExitStatus {
+        self.signal(libc::SIGTERM, limit)
+    }
+
+    /// Sends `sig` and waits (bounded) for the exit status.
+    pub fn signal(mut self, sig: libc::c_int, limit: Duration) -> ExitStatus {
         let pid = self.child.id() as libc::pid_t;
         // SAFETY: plain kill(2) on the child we spawned.
         unsafe {
-            libc::kill(pid, libc::SIGTERM);
+            libc::kill(pid, sig);
         }
         let start = Instant::now();
         loop {
