@@ -17,3 +17,5 @@ pub mod pprof;
 pub mod probe;
 #[cfg(feature = "cli")]
 pub mod soak;
+#[cfg(feature = "probe")]
+pub mod testing;

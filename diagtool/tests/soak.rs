@@ -258,6 +258,9 @@ impl Cli {
             .arg(run.dir.path().join("profile.toml"))
             .arg("--shipper")
             .arg(run.dir.path().join("shipper"))
+            // Its work directory goes inside the test's, so even a diagtool killed outright
+            // (which cannot remove it) leaves nothing behind.
+            .env("TMPDIR", run.dir.path())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -372,6 +375,20 @@ fn killing_diagtool_outright_takes_the_shipper_down_too() {
     assert_eq!(code, None, "killed by a signal");
     // No cleanup code ran: the kernel's parent-death signal ended the shipper.
     wait_gone(&run.dir.path().join("shipper.pid"));
+    let work_dirs = std::fs::read_dir(run.dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("diagtool-soak-")
+        })
+        .count();
+    assert_eq!(
+        work_dirs, 1,
+        "the work directory was made inside the test's"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
