@@ -1,7 +1,7 @@
 //! The embedded probe (feature `probe`): makes a tokio service diagnosable.
 //!
 //! A [`Probe`] keeps live tasks by spawn site (runtime hooks feeding a [`TaskRegistry`]), takes task
-//! dumps and CPU profiles, and serves them under `/debug/` ([`router`]). It is cheap enough to stay
+//! dumps and CPU profiles, and serves them under `/debug/` ([`router()`]). It is cheap enough to stay
 //! on in production (a few percent per spawn+join); tokio-console ([`console`]) is the expensive,
 //! opt-in extra.
 //!
