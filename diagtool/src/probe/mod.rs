@@ -1,7 +1,7 @@
 //! The embedded probe (feature `probe`): makes a tokio service diagnosable.
 //!
 //! A [`Probe`] keeps live tasks by spawn site (runtime hooks feeding a [`TaskRegistry`]), takes task
-//! dumps and CPU profiles, and serves them under `/debug/` ([`router`]). It is cheap enough to stay
+//! dumps and CPU profiles, and serves them under `/debug/` ([`router()`]). It is cheap enough to stay
 //! on in production (a few percent per spawn+join); tokio-console ([`console`]) is the expensive,
 //! opt-in extra.
 //!
@@ -22,6 +22,16 @@
 //! A host with its own HTTP server takes the parts instead ([`Probe::into_parts`]) and mounts the
 //! router itself. Spawn long-lived tasks through [`spawn_named`] so they carry a name and keep
 //! their own frames in release-build dumps.
+//!
+//! What a host wires, beyond serving `/debug/*`:
+//! - `/metrics`: call [`record_metrics`]`("shipper", probe.registry(), &handle)` right before
+//!   rendering the Prometheus exporter's text, for `shipper_tasks_live{site}`,
+//!   `shipper_tasks_spawned_total{site}` and `shipper_tokio_*`;
+//! - a task-growth check for `/health`: [`TaskRegistry::sites`] (or [`Probe::snapshot`]) gives
+//!   live tasks per site at any moment, cheaply;
+//! - tasks it spawns on purpose (a supervisor, a leak lab): [`spawn_named`] (or [`traced`] around
+//!   its own spawn), so each call line is its own site and release-build dumps keep its frames;
+//!   helpers that spawn for a caller must be `#[track_caller]` down to the spawn.
 //!
 //! Invariant: `/debug/*` never binds a non-loopback address without a bearer token
 //! ([`check_bind`]).
