@@ -33,6 +33,10 @@ struct Options {
     rounds: usize,
     protobuf: bool,
     keep: bool,
+    /// TOML lines appended to the shipper's `[sink]` table (experiments: batch size, concurrency).
+    sink_extra: String,
+    /// Environment for the shipper only, `KEY=VALUE` (experiments: `MALLOC_ARENA_MAX=1`).
+    shipper_env: Vec<(String, String)>,
 }
 
 fn parse_args() -> Result<Options> {
@@ -43,6 +47,8 @@ fn parse_args() -> Result<Options> {
         rounds: DEFAULT_ROUNDS,
         protobuf: true,
         keep: false,
+        sink_extra: String::new(),
+        shipper_env: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -59,6 +65,16 @@ fn parse_args() -> Result<Options> {
             .with_context(|| format!("flag {flag} needs a value"))?;
         match flag.as_str() {
             "--shipper" => options.shipper = value.into(),
+            "--sink-extra" => {
+                options.sink_extra.push_str(&value);
+                options.sink_extra.push('\n');
+            }
+            "--shipper-env" => {
+                let (key, val) = value
+                    .split_once('=')
+                    .with_context(|| format!("--shipper-env {value:?}: expected KEY=VALUE"))?;
+                options.shipper_env.push((key.to_owned(), val.to_owned()));
+            }
             "--syslog-ng" => options.syslog_ng = value.into(),
             "--lines" => {
                 options.lines = value
@@ -71,7 +87,7 @@ fn parse_args() -> Result<Options> {
                     .with_context(|| format!("--rounds {value:?}: expected a number"))?
             }
             other => bail!(
-                "unknown flag {other:?}: use --shipper PATH [--syslog-ng PATH] [--lines N] [--rounds N] [--no-protobuf] [--keep]"
+                "unknown flag {other:?}: use --shipper PATH [--syslog-ng PATH] [--lines N] [--rounds N] [--no-protobuf] [--keep] [--sink-extra TOML] [--shipper-env KEY=VALUE]"
             ),
         }
     }
