@@ -34,6 +34,15 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("--dump-unsettled") {
+        let n = std::env::args()
+            .nth(2)
+            .map(|n| n.parse())
+            .transpose()
+            .context("--dump-unsettled N: expected a task count such as 1000")?
+            .unwrap_or(1000);
+        return dump_unsettled(n);
+    }
     let points: Vec<u64> = match std::env::args().nth(1) {
         None => DEFAULT_POINTS.to_vec(),
         Some(list) => list
@@ -63,6 +72,52 @@ fn run() -> Result<()> {
         .await
     })??;
     println!("{}", serde_json::json!({ "points": results }));
+    Ok(())
+}
+
+/// Reproduces tokio 1.54's dump hang (docs/benchmarks.md): spawns `n` tasks from a worker and asks
+/// for a dump at once, while most of them still sit in that worker's run queue. A watchdog thread
+/// ends the process (exit 3) when no answer came within 10 s: the runtime is then frozen, and the
+/// dump's own 3 s timeout never fires.
+fn dump_unsettled(n: u64) -> Result<()> {
+    const WATCHDOG: Duration = Duration::from_secs(10);
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(2).enable_all();
+    let probe = diagtool::probe::Probe::builder("bench")
+        .addr("127.0.0.1:0".parse().context("address")?)
+        .install(&mut builder)
+        .context("installing the probe")?;
+    let runtime = builder.build().context("building the runtime")?;
+    std::thread::spawn(move || {
+        std::thread::sleep(WATCHDOG);
+        println!(
+            "dump of {n} unsettled tasks: no answer within {WATCHDOG:?}, the runtime is frozen"
+        );
+        std::process::exit(3);
+    });
+    let started = Instant::now();
+    let answer = runtime.block_on(async move {
+        tokio::spawn(async move {
+            let cancel = CancellationToken::new();
+            let polled = Arc::new(AtomicU64::new(0));
+            for _ in 0..n {
+                drop(tokio::spawn(parked(cancel.clone(), polled.clone())));
+            }
+            let answer = get(
+                &diagtool::probe::router(probe),
+                "/debug/tasks/dump?timeout_ms=3000",
+            )
+            .await;
+            cancel.cancel();
+            answer.map(|(_, _, body)| body.len())
+        })
+        .await
+    })?;
+    println!(
+        "dump of {n} unsettled tasks answered after {:?}: {:?}",
+        started.elapsed(),
+        answer.map_err(|e| e.to_string())
+    );
     Ok(())
 }
 
