@@ -1,167 +1,328 @@
-//! The task registry's cost per spawn+join, against a plain runtime, in one run.
+//! Benchmark: the cost of the task registry per spawn+join of a trivial task, against a plain
+//! runtime and against console-subscriber (`scripts/bench-overhead`).
 //!
-//! ```text
-//! cargo run --release -p diagtool --features probe --example bench_overhead -- [TASKS] [REPEATS]
-//! ```
-//! Spawns and joins TASKS trivial tasks (default 1,000,000) in batches of 1,000 from a task on a
-//! 2-worker runtime, plain and with the registry's hooks, alternating which goes first in each of
-//! REPEATS rounds (default 7), and prints one JSON line with the median nanoseconds per task:
-//! `{"tasks":N,"repeats":R,"plain_ns":X,"registry_ns":X,"registry_ratio":X,"plain_cpu_ns":X,
-//! "registry_cpu_ns":X,"registry_cpu_ratio":X,"hooks_ns":X}`. `*_ns` are wall time per task,
-//! `*_cpu_ns` the process's CPU time per task (steadier on a shared machine), and `hooks_ns` the
-//! two hooks alone (record a spawn, then its terminate) in one thread's CPU time.
+//! Without `--child`, this is the driver: it runs one child process of itself per (mode, round),
+//! rotating the order of the modes each round so drift on a shared machine hits every mode alike,
+//! and prints the medians as the contract's JSON on its last line. A child process per run keeps
+//! the modes apart: console-subscriber has to be the process's global subscriber, the way
+//! tokio-console users install it, and cannot be taken off again.
+//!
+//! Each child builds a 2-worker runtime, spawns and joins `--tasks` trivial tasks in batches from
+//! a task running on a worker (so spawns take the worker's local queue, as they do in a service),
+//! after a warm-up batch, and prints `ns_per_task X`.
 
-#[cfg(feature = "probe")]
-fn main() {
-    use std::time::Instant;
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
 
-    use diagtool::probe::TaskRegistry;
+use anyhow::{Context, Result, bail};
 
-    const BATCH: usize = 1_000;
+const DEFAULT_TASKS: u64 = 1_000_000;
+/// console-subscriber costs some 35x and keeps every task for an hour: fewer tasks keep a run short
+/// and its memory in check; the figure compared is per task.
+const DEFAULT_CONSOLE_TASKS: u64 = 100_000;
+const DEFAULT_ROUNDS: usize = 9;
+const DEFAULT_CONSOLE_ROUNDS: usize = 3;
+const DEFAULT_BATCH: u64 = 1_000;
 
-    fn runtime(registry: Option<&TaskRegistry>) -> tokio::runtime::Runtime {
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        if let Some(registry) = registry {
-            registry.hook(&mut builder);
-        }
-        builder
-            .worker_threads(2)
-            .build()
-            .unwrap_or_else(|err| panic!("cannot build a runtime: {err}"))
-    }
-
-    /// CPU time of the whole process (`process`) or of this thread, in nanoseconds: unlike wall
-    /// time, it does not count the time other programs on a busy machine took.
-    fn cpu_ns(process: bool) -> f64 {
-        let clock = if process {
-            libc::CLOCK_PROCESS_CPUTIME_ID
-        } else {
-            libc::CLOCK_THREAD_CPUTIME_ID
-        };
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: `ts` is a valid, writable timespec.
-        unsafe { libc::clock_gettime(clock, &mut ts) };
-        ts.tv_sec as f64 * 1e9 + ts.tv_nsec as f64
-    }
-
-    /// Wall and CPU nanoseconds per task for spawning and joining `tasks` trivial tasks.
-    fn run(rt: &tokio::runtime::Runtime, tasks: usize) -> (f64, f64) {
-        let cpu_started = cpu_ns(true);
-        let started = Instant::now();
-        let driver = rt.spawn(async move {
-            let mut handles = Vec::with_capacity(BATCH);
-            for _ in 0..tasks / BATCH {
-                for _ in 0..BATCH {
-                    handles.push(tokio::spawn(async { std::hint::black_box(1u64) }));
-                }
-                for handle in handles.drain(..) {
-                    let _ = handle.await;
-                }
-            }
-        });
-        rt.block_on(driver)
-            .unwrap_or_else(|err| panic!("driver failed: {err}"));
-        (
-            started.elapsed().as_nanos() as f64 / tasks as f64,
-            (cpu_ns(true) - cpu_started) / tasks as f64,
-        )
-    }
-
-    fn median(values: &mut [f64]) -> f64 {
-        values.sort_by(f64::total_cmp);
-        let mid = values.len() / 2;
-        if values.len() % 2 == 1 {
-            values[mid]
-        } else {
-            (values[mid - 1] + values[mid]) / 2.0
-        }
-    }
-
-    let mut args = std::env::args().skip(1);
-    let tasks: usize = args
-        .next()
-        .map(|a| {
-            a.parse()
-                .unwrap_or_else(|_| panic!("TASKS must be a number, got {a:?}"))
-        })
-        .unwrap_or(1_000_000)
-        .max(BATCH);
-    let repeats: usize = args
-        .next()
-        .map(|a| {
-            a.parse()
-                .unwrap_or_else(|_| panic!("REPEATS must be a number, got {a:?}"))
-        })
-        .unwrap_or(7)
-        .max(1);
-
-    let registry = TaskRegistry::new();
-    let plain = runtime(None);
-    let hooked = runtime(Some(&registry));
-    // Warm both (allocator, worker threads, the registry's site cache).
-    run(&plain, tasks / 10);
-    run(&hooked, tasks / 10);
-
-    let (mut plain_ns, mut plain_cpu) = (Vec::new(), Vec::new());
-    let (mut registry_ns, mut registry_cpu) = (Vec::new(), Vec::new());
-    for round in 0..repeats {
-        for hooked_turn in [round % 2 == 1, round % 2 == 0] {
-            if hooked_turn {
-                let (wall, cpu) = run(&hooked, tasks);
-                registry_ns.push(wall);
-                registry_cpu.push(cpu);
-            } else {
-                let (wall, cpu) = run(&plain, tasks);
-                plain_ns.push(wall);
-                plain_cpu.push(cpu);
-            }
-        }
-    }
-    let totals = registry.totals();
-    // One driver task per run, plus the tasks it spawns.
-    let expected = ((tasks / BATCH * BATCH + 1) * repeats + tasks / 10 / BATCH * BATCH + 1) as u64;
-    assert_eq!(totals.spawned, expected, "the registry missed spawns");
-    // The hooks alone, on one thread: record a spawn and its terminate, per task.
-    let ids: Vec<tokio::task::Id> = {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap_or_else(|err| panic!("cannot build a runtime: {err}"));
-        rt.block_on(async { (0..BATCH).map(|_| tokio::spawn(async {}).id()).collect() })
-    };
-    let site = std::panic::Location::caller();
-    let bare = TaskRegistry::new();
-    let mut hook_ns = Vec::new();
-    for _ in 0..repeats {
-        let started = cpu_ns(false);
-        for _ in 0..tasks / BATCH {
-            for id in &ids {
-                bare.record_spawn(*id, site);
-            }
-            for id in &ids {
-                bare.record_terminate(*id);
-            }
-        }
-        hook_ns.push((cpu_ns(false) - started) / (tasks / BATCH * BATCH) as f64);
-    }
-    let hook_med = median(&mut hook_ns);
-
-    let plain_med = median(&mut plain_ns);
-    let registry_med = median(&mut registry_ns);
-    let plain_cpu_med = median(&mut plain_cpu);
-    let registry_cpu_med = median(&mut registry_cpu);
-    eprintln!("plain ns/task: {plain_ns:.1?}\nregistry ns/task: {registry_ns:.1?}");
-    println!(
-        "{{\"tasks\":{tasks},\"repeats\":{repeats},\"plain_ns\":{plain_med:.1},\"registry_ns\":{registry_med:.1},\"registry_ratio\":{:.4},\"plain_cpu_ns\":{plain_cpu_med:.1},\"registry_cpu_ns\":{registry_cpu_med:.1},\"registry_cpu_ratio\":{:.4},\"hooks_ns\":{hook_med:.1}}}",
-        registry_med / plain_med,
-        registry_cpu_med / plain_cpu_med
-    );
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Plain,
+    Registry,
+    Console,
 }
 
-#[cfg(not(feature = "probe"))]
-fn main() {
-    eprintln!("bench_overhead needs the probe feature: --features probe");
-    std::process::exit(2);
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Plain => "plain",
+            Mode::Registry => "registry",
+            Mode::Console => "console",
+        }
+    }
+
+    fn parse(text: &str) -> Result<Mode> {
+        Ok(match text {
+            "plain" => Mode::Plain,
+            "registry" => Mode::Registry,
+            "console" => Mode::Console,
+            other => bail!("mode {other:?} is unknown: use plain, registry or console"),
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Options {
+    child: Option<Mode>,
+    tasks: u64,
+    console_tasks: u64,
+    rounds: usize,
+    console_rounds: usize,
+    batch: u64,
+}
+
+fn parse_args() -> Result<Options> {
+    let mut options = Options {
+        child: None,
+        tasks: DEFAULT_TASKS,
+        console_tasks: DEFAULT_CONSOLE_TASKS,
+        rounds: DEFAULT_ROUNDS,
+        console_rounds: DEFAULT_CONSOLE_ROUNDS,
+        batch: DEFAULT_BATCH,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args
+            .next()
+            .with_context(|| format!("flag {flag} needs a value"))?;
+        let number = || -> Result<u64> {
+            let n: u64 = value
+                .parse()
+                .with_context(|| format!("{flag} {value:?}: expected a positive number"))?;
+            if n == 0 {
+                bail!("{flag} must be at least 1");
+            }
+            Ok(n)
+        };
+        match flag.as_str() {
+            "--child" => options.child = Some(Mode::parse(&value)?),
+            "--tasks" => options.tasks = number()?,
+            "--console-tasks" => options.console_tasks = number()?,
+            "--rounds" => options.rounds = number()? as usize,
+            "--console-rounds" => options.console_rounds = number()? as usize,
+            "--batch" => options.batch = number()?,
+            other => bail!(
+                "unknown flag {other:?}: use --tasks N --console-tasks N --rounds N --console-rounds N --batch N"
+            ),
+        }
+    }
+    Ok(options)
+}
+
+fn main() -> ExitCode {
+    let run = parse_args().and_then(|options| match options.child {
+        Some(mode) => child(mode, &options),
+        None => driver(&options),
+    });
+    match run {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("bench_overhead: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One measured run in this process: prints `ns_per_task X`.
+fn child(mode: Mode, options: &Options) -> Result<()> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(2).enable_all();
+    let _registry = match mode {
+        Mode::Registry => Some(diagtool::probe::TaskRegistry::install(&mut builder)),
+        Mode::Plain => None,
+        Mode::Console => {
+            // As tokio-console's README has users do it, on a free loopback port so parallel
+            // runs do not collide on 6669.
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .context("finding a free port for the console server")?
+                .port();
+            console_subscriber::ConsoleLayer::builder()
+                .server_addr(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+                .init();
+            None
+        }
+    };
+    let runtime = builder.build().context("building the runtime")?;
+    let tasks = if mode == Mode::Console {
+        options.console_tasks
+    } else {
+        options.tasks
+    };
+    let batch = options.batch.min(tasks);
+    let (elapsed, cpu_ms) = runtime.block_on(async move {
+        // The loop runs on a worker, like a service's own tasks.
+        tokio::spawn(async move {
+            spawn_join(batch, batch).await;
+            let cpu_start = process_cpu_ms();
+            let start = Instant::now();
+            spawn_join(tasks, batch).await;
+            (start.elapsed(), process_cpu_ms() - cpu_start)
+        })
+        .await
+    })?;
+    drop(runtime);
+    println!(
+        "ns_per_task {:.1} cpu_ns_per_task {:.1}",
+        elapsed.as_nanos() as f64 / tasks as f64,
+        cpu_ms * 1e6 / tasks as f64
+    );
+    Ok(())
+}
+
+/// User + system CPU time of this process so far (every thread), in milliseconds.
+fn process_cpu_ms() -> f64 {
+    // SAFETY: `usage` is a valid, writable rusage; RUSAGE_SELF always exists.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0.0;
+    }
+    let ms = |t: libc::timeval| t.tv_sec as f64 * 1e3 + t.tv_usec as f64 / 1e3;
+    ms(usage.ru_utime) + ms(usage.ru_stime)
+}
+
+async fn spawn_join(tasks: u64, batch: u64) {
+    let mut handles = Vec::with_capacity(batch as usize);
+    let mut left = tasks;
+    while left > 0 {
+        let n = left.min(batch);
+        for i in 0..n {
+            handles.push(tokio::spawn(async move { std::hint::black_box(i) }));
+        }
+        for handle in handles.drain(..) {
+            let _ = std::hint::black_box(handle.await);
+        }
+        left -= n;
+    }
+}
+
+/// One child's figures: wall and CPU nanoseconds per spawn+join.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    wall_ns: f64,
+    cpu_ns: f64,
+}
+
+fn run_child(mode: Mode, options: &Options) -> Result<Run> {
+    let exe = std::env::current_exe().context("locating this benchmark's binary")?;
+    let output = Command::new(exe)
+        .args(["--child", mode.name()])
+        .args(["--tasks", &options.tasks.to_string()])
+        .args(["--console-tasks", &options.console_tasks.to_string()])
+        .args(["--batch", &options.batch.to_string()])
+        .env_remove("RUST_LOG")
+        .output()
+        .with_context(|| format!("running the {} child", mode.name()))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        bail!(
+            "the {} child failed ({}): {}",
+            mode.name(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    stdout
+        .lines()
+        .find_map(|line| {
+            let mut words = line.split_whitespace();
+            match (words.next(), words.next(), words.next(), words.next()) {
+                (Some("ns_per_task"), Some(wall), Some("cpu_ns_per_task"), Some(cpu)) => {
+                    Some(Run {
+                        wall_ns: wall.parse().ok()?,
+                        cpu_ns: cpu.parse().ok()?,
+                    })
+                }
+                _ => None,
+            }
+        })
+        .with_context(|| {
+            format!(
+                "the {} child printed no ns_per_task: {stdout:?}",
+                mode.name()
+            )
+        })
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+fn driver(options: &Options) -> Result<()> {
+    let started = Instant::now();
+    let mut plain = Vec::new();
+    let mut registry = Vec::new();
+    let mut console = Vec::new();
+    let (mut plain_cpu, mut registry_cpu, mut console_cpu) = (Vec::new(), Vec::new(), Vec::new());
+    let mut ratios = Vec::new();
+    for round in 0..options.rounds {
+        let mut order = vec![Mode::Plain, Mode::Registry];
+        if round < options.console_rounds {
+            order.push(Mode::Console);
+        }
+        let len = order.len();
+        order.rotate_left(round % len);
+        let mut this_round = (None, None);
+        for mode in order {
+            let run = run_child(mode, options)?;
+            let ns = run.wall_ns;
+            eprintln!(
+                "round {round}: {:<8} {ns:>10.1} ns/task wall {:>10.1} ns/task cpu",
+                mode.name(),
+                run.cpu_ns
+            );
+            match mode {
+                Mode::Plain => {
+                    plain.push(ns);
+                    plain_cpu.push(run.cpu_ns);
+                    this_round.0 = Some(ns);
+                }
+                Mode::Registry => {
+                    registry.push(ns);
+                    registry_cpu.push(run.cpu_ns);
+                    this_round.1 = Some(ns);
+                }
+                Mode::Console => {
+                    console.push(ns);
+                    console_cpu.push(run.cpu_ns);
+                }
+            }
+        }
+        if let (Some(p), Some(r)) = this_round {
+            ratios.push(r / p);
+        }
+    }
+    let plain_ns = median(&mut plain);
+    let registry_ns = median(&mut registry);
+    let console_ns = median(&mut console);
+    let paired = median(&mut ratios);
+    let plain_cpu = median(&mut plain_cpu);
+    let registry_cpu = median(&mut registry_cpu);
+    let console_cpu = median(&mut console_cpu);
+    eprintln!(
+        "median of per-round registry/plain ratios: {paired:.3}; spread plain {:.1}..{:.1} ns, \
+         registry {:.1}..{:.1} ns; took {:?}",
+        plain[0],
+        plain[plain.len() - 1],
+        registry[0],
+        registry[registry.len() - 1],
+        Duration::from_secs(started.elapsed().as_secs())
+    );
+    let round3 = |x: f64| (x * 1000.0).round() / 1000.0;
+    let round1 = |x: f64| (x * 10.0).round() / 10.0;
+    let doc = serde_json::json!({
+        "tasks": options.tasks,
+        "plain_ns": round1(plain_ns),
+        "registry_ns": round1(registry_ns),
+        "console_ns": round1(console_ns),
+        "registry_ratio": round3(registry_ns / plain_ns),
+        "console_ratio": round3(console_ns / plain_ns),
+        "console_tasks": options.console_tasks,
+        "rounds": options.rounds,
+        "console_rounds": options.console_rounds.min(options.rounds),
+        "registry_ratio_paired": round3(paired),
+        "plain_cpu_ns": round1(plain_cpu),
+        "registry_cpu_ns": round1(registry_cpu),
+        "console_cpu_ns": round1(console_cpu),
+        "registry_cpu_ratio": round3(registry_cpu / plain_cpu),
+        "console_cpu_ratio": round3(console_cpu / plain_cpu),
+    });
+    println!("{doc}");
+    Ok(())
 }
