@@ -286,3 +286,24 @@ fn a_bad_leak_lab_value_is_a_usage_error() {
         "{err}"
     );
 }
+
+#[test]
+fn console_serves_beside_the_shippers_own_log_output() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut env = Env::new();
+    env.args = vec![
+        "--console".into(),
+        "--console-addr".into(),
+        format!("127.0.0.1:{port}"),
+    ];
+    // start() waits for the shipper's own "main port listening" line: the fmt output still works.
+    let shipper = env.start();
+    wait_until(Duration::from_secs(10), "the console port", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    assert!(shipper.stderr().contains("tokio-console listening"));
+    assert!(shipper.terminate(Duration::from_secs(15)).success());
+}
