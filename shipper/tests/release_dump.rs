@@ -46,11 +46,21 @@ fn a_release_dump_of_poll_spawn_shows_the_lab_function_and_its_await_point() {
         .map(|f| f.as_str().unwrap().to_string())
         .collect();
     let text = trace.join("\n");
+    // The probe's wrapper names the lab's function; the next frame is its body at the awaiting line.
+    assert!(
+        trace.iter().any(|f| f.contains("park_after_poll")),
+        "the lab's function:\n{text}"
+    );
+    let await_line = include_str!("../src/leaklab.rs")
+        .lines()
+        .position(|l| l.contains("never.notified().await"))
+        .unwrap()
+        + 1;
     assert!(
         trace
             .iter()
-            .any(|f| f.contains("park_after_poll") && f.contains("leaklab.rs")),
-        "the lab's function with its file:\n{text}"
+            .any(|f| f.contains(&format!("shipper/src/leaklab.rs:{await_line}"))),
+        "the await point, leaklab.rs:{await_line}:\n{text}"
     );
     assert!(
         trace.iter().any(|f| f.to_lowercase().contains("notif")),
