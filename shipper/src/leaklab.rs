@@ -430,6 +430,36 @@ mod tests {
         assert_eq!(alive(), base + 3);
     }
 
+    #[derive(Debug, Default)]
+    struct Added(std::sync::atomic::AtomicUsize);
+    impl SourceEvents for Added {
+        fn file_added(&self, _: &str, _: u64) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        fn file_removed(&self, _: &str) {}
+        fn files_active(&self, _: usize) {}
+        fn lines_read(&self, _: u64, _: u64) {}
+        fn lines_truncated(&self, _: &str, _: u64) {}
+        fn file_truncated(&self, _: &str) {}
+        fn read_error(&self, _: &str, _: &std::io::Error) {}
+        fn docker_invalid(&self, _: &str, _: &str) {}
+    }
+
+    #[tokio::test]
+    async fn lab_events_pass_file_added_on_and_leak_per_file() {
+        let lab = LeakLab::new(vec!["file-add-spawn:2".parse().expect("parses")]);
+        assert!(!lab.has_timed());
+        let events = LabEvents::new(lab, Added::default());
+        let base = alive();
+        events.file_added("/l/a.log", 0);
+        events.file_added("/l/b.log", 0);
+        settle().await;
+        assert_eq!(alive(), base + 4);
+        assert_eq!(events.inner.0.load(std::sync::atomic::Ordering::Relaxed), 2);
+        let timed = LeakLab::new(vec!["unjoined-health-check".parse().expect("parses")]);
+        assert!(timed.has_timed());
+    }
+
     #[tokio::test]
     async fn a_lab_with_nothing_timed_returns_at_once() {
         let lab = LeakLab::new(vec!["file-add-spawn".parse().expect("parses")]);

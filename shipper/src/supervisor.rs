@@ -134,6 +134,35 @@ mod tests {
         assert_eq!(s.health().report().components["broken"].state, "failed");
     }
 
+    #[test]
+    fn components_are_named_at_the_line_that_spawned_them() {
+        let mut builder = tokio::runtime::Builder::new_current_thread();
+        builder.enable_all();
+        let registry = diagtool::probe::TaskRegistry::install(&mut builder);
+        builder.build().unwrap().block_on(async {
+            let s = Supervisor::new(Health::new(Duration::from_secs(10)));
+            let stop = s.shutdown();
+            let line = line!() + 1;
+            s.spawn("named-here", async move {
+                stop.cancelled().await;
+                Ok(())
+            });
+            let names = registry.site_names();
+            let (site, _) = names
+                .iter()
+                .find(|(_, n)| n.contains("named-here"))
+                .unwrap_or_else(|| panic!("no site named: {names:?}"));
+            assert!(
+                site.starts_with("shipper/src/supervisor.rs:")
+                    && site.contains(&format!(":{line}:")),
+                "the caller's line {line}, not the supervisor's own: {site}"
+            );
+            s.shutdown().cancel();
+            assert!(s.wait(Duration::from_secs(5)).await);
+        });
+        assert_eq!(registry.totals().live, 0);
+    }
+
     #[tokio::test]
     async fn wait_times_out_on_a_task_that_ignores_shutdown() {
         let s = Supervisor::new(Health::new(Duration::from_secs(10)));

@@ -39,11 +39,14 @@ pub struct TaskGrowthSettings {
     pub window: Duration,
     /// Time between samples (1 s).
     pub sample_every: Duration,
+    /// Samples after the warm-up before growth is judged (5): with fewer, one connection task
+    /// alive at the wrong moment reads as a fast slope.
+    pub min_samples: usize,
 }
 
 impl Default for TaskGrowthSettings {
-    /// 10 tasks/min, no 503, a 5 s warm-up, a 60 s window, a sample a second: a leak of 4 tasks a
-    /// second shows about 3 s after the warm-up.
+    /// 10 tasks/min, no 503, a 5 s warm-up, a 60 s window, a sample a second, 5 samples before
+    /// judging: a leak of 4 tasks a second shows about 10 s after start.
     fn default() -> Self {
         TaskGrowthSettings {
             warn_per_min: 10.0,
@@ -51,6 +54,7 @@ impl Default for TaskGrowthSettings {
             warmup: Duration::from_secs(5),
             window: Duration::from_secs(60),
             sample_every: Duration::from_secs(1),
+            min_samples: 5,
         }
     }
 }
@@ -82,7 +86,7 @@ pub struct TasksSection {
     pub status: Status,
     /// The fastest growing sites, fastest first (only sites that grow).
     pub top_sites: Vec<TopSite>,
-    /// Whether the tracker is still in its warm-up (no verdict yet).
+    /// Whether the tracker is still in its warm-up or has too few samples since (no verdict yet).
     pub warming_up: bool,
     /// Samples judged.
     pub samples: usize,
@@ -164,6 +168,11 @@ impl TaskGrowth {
                 .is_some_and(|f| f.taken_at_ms < oldest_kept)
         {
             st.samples.pop_front();
+        }
+        if st.samples.len() < s.min_samples {
+            st.section.current = live;
+            st.section.samples = st.samples.len();
+            return;
         }
         let samples: Vec<Snapshot> = st.samples.iter().cloned().collect();
         let analysis = analyze(
@@ -281,7 +290,12 @@ mod tests {
     /// Feeds `seconds` of one sample a second: a steady site of 8 tasks and, with `leak_per_s`,
     /// a site leaking that many tasks per second.
     fn feed(tracker: &TaskGrowth, seconds: u32, leak_per_s: u64) {
-        for t in 0..=seconds {
+        feed_from(tracker, 0, seconds, leak_per_s);
+    }
+
+    /// [`feed`] from second `from` to second `to`.
+    fn feed_from(tracker: &TaskGrowth, from: u32, to: u32, leak_per_s: u64) {
+        for t in from..=to {
             let t = f64::from(t);
             let mut sites = vec![(STEADY, 8, t)];
             if leak_per_s > 0 {
@@ -341,6 +355,18 @@ mod tests {
         assert!(s.warming_up);
         assert_eq!(s.status, Status::Ok);
         assert_eq!(s.current, 8 + 200);
+    }
+
+    #[test]
+    fn too_few_samples_after_the_warm_up_are_not_judged() {
+        let tracker = TaskGrowth::new(TaskGrowthSettings::default());
+        // Warm-up ends at 5 s; samples at 5, 6, 7 and 8 s are four, one short of five.
+        feed(&tracker, 8, 4);
+        let s = tracker.section();
+        assert!(s.warming_up, "{s:?}");
+        assert_eq!(s.status, Status::Ok);
+        feed_from(&tracker, 9, 9, 4);
+        assert_eq!(tracker.section().status, Status::Degraded);
     }
 
     #[test]

@@ -231,12 +231,16 @@ fn a_clean_shipper_under_steady_load_reports_tasks_ok() {
     wait_until(Duration::from_secs(20), "every line", || {
         env.delivered().len() == n
     });
-    let (code, body) = shipper.get("/health");
-    assert_eq!(code, 200, "{body}");
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let mut v = serde_json::Value::Null;
+    wait_until(Duration::from_secs(15), "task growth judged", || {
+        let (code, body) = shipper.get("/health");
+        assert_eq!(code, 200, "{body}");
+        v = serde_json::from_str(&body).unwrap();
+        v["tasks"]["warming_up"] == false
+    });
     assert_eq!(v["status"], "ok", "{v}");
     assert_eq!(v["tasks"]["status"], "ok", "{v}");
-    assert_eq!(v["tasks"]["warming_up"], false, "{v}");
+    assert!(v["tasks"]["samples"].as_u64().unwrap() >= 5, "{v}");
     assert!(shipper.terminate(Duration::from_secs(15)).success());
 }
 
@@ -285,4 +289,25 @@ fn a_bad_leak_lab_value_is_a_usage_error() {
         err.contains("poll-spam") && err.contains("unknown scenario"),
         "{err}"
     );
+}
+
+#[test]
+fn console_serves_beside_the_shippers_own_log_output() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut env = Env::new();
+    env.args = vec![
+        "--console".into(),
+        "--console-addr".into(),
+        format!("127.0.0.1:{port}"),
+    ];
+    // start() waits for the shipper's own "main port listening" line: the fmt output still works.
+    let shipper = env.start();
+    wait_until(Duration::from_secs(10), "the console port", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    assert!(shipper.stderr().contains("tokio-console listening"));
+    assert!(shipper.terminate(Duration::from_secs(15)).success());
 }

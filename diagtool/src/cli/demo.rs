@@ -165,7 +165,7 @@ async fn watch_and_dump(args: &DemoArgs, client: &Client) -> anyhow::Result<bool
                 for frame in &group.trace[skip..] {
                     text.push_str(&format!("    {frame}\n"));
                 }
-                say(&text)?;
+                say(text.trim_end())?;
             }
         }
         Err(e) => say(&format!("\ndiagtool dump failed: {e}"))?,
