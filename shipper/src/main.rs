@@ -157,7 +157,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
     let runtime = builder
         .build()
         .map_err(|e| Failure::Runtime(anyhow::anyhow!("cannot start the tokio runtime: {e}")))?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         let metrics = shipper::server::install_metrics().map_err(Failure::Runtime)?;
         let diagnostics = shipper::Diagnostics {
             metrics: Some(metrics),
@@ -167,8 +167,16 @@ fn run(cli: Cli) -> Result<(), Failure> {
         shipper::run_with(config, diagnostics, shutdown_signal())
             .await
             .map_err(Failure::Runtime)
-    })
+    });
+    // Positions are saved by now. Dropping the runtime would wait without limit for every worker
+    // and blocking thread; a worker caught in tokio's task-dump barrier (a known tokio issue after
+    // an interrupted dump) never returns, so bound the wait and let the process exit.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN_GRACE);
+    result
 }
+
+/// How long the runtime's threads get to finish after the shipper has stopped.
+const RUNTIME_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Writes generated text (completions, man page) to stdout; a closed pipe is not a failure.
 fn generate(
