@@ -33,10 +33,10 @@ use crate::leaklab::{LabEvents, LeakLab, LeakSpec};
 use crate::supervisor::Supervisor;
 use crate::tasks::{TaskGrowth, TaskGrowthSettings};
 
-/// Chunks the reader may have queued ahead of the dispatcher (each at most ~1 MiB of lines).
-const CHUNK_QUEUE: usize = 4;
+/// Chunks the reader may have queued ahead of the dispatcher (each at most ~256 KiB of lines).
+const CHUNK_QUEUE: usize = 2;
 /// Batches queued ahead of the sink.
-const BATCH_QUEUE: usize = 4;
+const BATCH_QUEUE: usize = 2;
 /// After the deadline, how long components get to write their last positions.
 const HARD_STOP_GRACE: Duration = Duration::from_secs(2);
 

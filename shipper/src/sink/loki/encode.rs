@@ -27,15 +27,20 @@ pub(crate) struct Body {
     pub(crate) content_encoding: Option<&'static str>,
 }
 
-/// Encodes the batch's streams. For protobuf the lines are moved out of `batch.streams`.
+/// Encodes the batch's streams, leaving `batch.streams` empty.
 ///
 /// CPU-bound (gzip dominates): the sink runs it on the blocking pool, so batches compress in
 /// parallel and the sink's loop stays responsive.
+///
+/// Either way the batch's lines are freed once encoded: a batch waiting for Loki (for as long as an
+/// outage lasts) holds only its compressed body and its acks, not a second copy of its text.
 pub(crate) fn encode(encoding: LokiEncoding, batch: &mut Batch) -> anyhow::Result<Body> {
-    match encoding {
+    let body = match encoding {
         LokiEncoding::Json => json_gzip(batch),
         LokiEncoding::Protobuf => Ok(protobuf_snappy(batch)),
-    }
+    };
+    batch.streams = Vec::new();
+    body
 }
 
 fn json_gzip(batch: &Batch) -> anyhow::Result<Body> {
@@ -149,6 +154,17 @@ mod tests {
                 })
                 .collect();
             assert_eq!(got, want, "{encoding:?}");
+        }
+    }
+
+    #[test]
+    fn an_encoded_batch_keeps_its_counts_and_acks_but_not_its_lines() {
+        for encoding in [LokiEncoding::Json, LokiEncoding::Protobuf] {
+            let mut batch = two_stream_batch();
+            let (entries, line_bytes) = (batch.entries, batch.line_bytes);
+            encode(encoding, &mut batch).unwrap();
+            assert!(batch.streams.is_empty(), "{encoding:?}: lines still held");
+            assert_eq!((batch.entries, batch.line_bytes), (entries, line_bytes));
         }
     }
 
