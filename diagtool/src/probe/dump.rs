@@ -151,13 +151,14 @@ async fn wait_until_quiet(handle: &Handle) -> Result<(), DumpError> {
 
 /// Groups raw traces, resolves one per group and joins tasks to the registry.
 fn build(traced: &tokio::runtime::Dump, live: &HashMap<Id, LiveTask>, taken_at_ms: u64) -> Dump {
-    // The Debug text of an unresolved trace is its list of instruction addresses: a cheap,
-    // exact key for "same trace" that needs no symbols.
-    let mut by_raw: HashMap<String, usize> = HashMap::new();
+    // The Debug text of an unresolved trace is its list of instruction addresses (tokio offers no
+    // other view of them): streamed into a 128-bit hash, it keys "same trace" without symbols and
+    // without building a string per task.
+    let mut by_raw: HashMap<(u64, u64), usize> = HashMap::new();
     let mut resolved: Vec<Vec<String>> = Vec::new();
     let mut tasks = Vec::new();
     for task in traced.tasks().iter() {
-        let raw = format!("{:?}", task.trace());
+        let raw = trace_key(task.trace());
         let index = *by_raw.entry(raw).or_insert_with(|| {
             resolved.push(frames(task.trace()));
             resolved.len() - 1
@@ -178,6 +179,30 @@ fn build(traced: &tokio::runtime::Dump, live: &HashMap<Id, LiveTask>, taken_at_m
         groups: group(&tasks),
         tasks,
     }
+}
+
+/// A `fmt::Write` sink hashing what is written into two independent 64-bit hashes.
+struct KeyWriter(
+    std::collections::hash_map::DefaultHasher,
+    std::collections::hash_map::DefaultHasher,
+);
+
+impl Write for KeyWriter {
+    fn write_str(&mut self, text: &str) -> std::fmt::Result {
+        std::hash::Hasher::write(&mut self.0, text.as_bytes());
+        std::hash::Hasher::write(&mut self.1, text.as_bytes());
+        Ok(())
+    }
+}
+
+/// The grouping key of an unresolved trace: a 128-bit hash of its addresses' Debug text.
+fn trace_key(trace: &impl std::fmt::Debug) -> (u64, u64) {
+    use std::hash::Hasher;
+    let mut key = KeyWriter(Default::default(), Default::default());
+    // Different starting states make the two halves independent hashes.
+    key.1.write_u64(0x9e37_79b9_7f4a_7c15);
+    let _ = write!(key, "{trace:?}");
+    (key.0.finish(), key.1.finish())
 }
 
 /// Groups tasks by identical site and trace, largest group first (ties by site, then trace).
@@ -451,6 +476,15 @@ mod tests {
                 .expect("a quiet runtime dumps");
             assert_eq!(dump.schema, DUMP_SCHEMA);
         });
+    }
+
+    #[test]
+    fn trace_keys_match_for_equal_text_only() {
+        #[derive(Debug)]
+        struct Raw(Vec<usize>);
+        assert_eq!(trace_key(&Raw(vec![1, 2])), trace_key(&Raw(vec![1, 2])));
+        assert_ne!(trace_key(&Raw(vec![1, 2])), trace_key(&Raw(vec![1, 3])));
+        assert_ne!(trace_key(&Raw(vec![12])), trace_key(&Raw(vec![1, 2])));
     }
 
     #[test]
