@@ -161,6 +161,21 @@ pub struct LiveTask {
     pub age_s: f64,
 }
 
+/// The ages of one site's live tasks at one moment (see [`TaskRegistry::site_ages`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SiteAges {
+    /// `path:line:col`, shortened.
+    pub site: String,
+    /// Live entries seen for this site.
+    pub live: u64,
+    /// Seconds since the oldest live task of this site was spawned.
+    pub oldest_s: f64,
+    /// Median of the live tasks' ages, in seconds (mean of the two middle ones for an even count).
+    pub median_s: f64,
+    /// Names set on live tasks of this site, unsorted, possibly repeated.
+    pub live_names: Vec<String>,
+}
+
 /// Totals over all sites.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Totals {
@@ -361,6 +376,56 @@ impl TaskRegistry {
         out
     }
 
+    /// Per site with live tasks, the ages of its live tasks: what a snapshot needs without a
+    /// record per task (one spawn time per task is gathered per site, no string per task).
+    /// Locks one shard at a time, briefly.
+    pub fn site_ages(&self) -> Vec<SiteAges> {
+        let now = coarse_now_ns();
+        let mut by_site: FastMap<usize, (&'static Site, Vec<u64>, Vec<String>)> =
+            FastMap::default();
+        for shard in self.inner.shards.iter() {
+            let shard = lock(shard);
+            for entry in shard.values() {
+                let slot = by_site
+                    .entry(entry.site as *const Site as usize)
+                    .or_insert_with(|| (entry.site, Vec::new(), Vec::new()));
+                slot.1.push(entry.born_ns);
+                if let Some(name) = &entry.name {
+                    slot.2.push(name.to_string());
+                }
+            }
+        }
+        by_site
+            .into_values()
+            .map(|(site, mut born, live_names)| {
+                let age = |born_ns: f64| (now as f64 - born_ns).max(0.0) / 1e9;
+                let oldest = born.iter().copied().min().unwrap_or(now);
+                // Youngest-born first is oldest-age last: the median is the same either way.
+                let mid = born.len() / 2;
+                let even = born.len() % 2 == 0;
+                let median_born = if born.is_empty() {
+                    now as f64
+                } else {
+                    let (lower, upper, _) = born.select_nth_unstable(mid);
+                    let upper = *upper as f64;
+                    if even {
+                        let below = lower.iter().copied().max().unwrap_or(0) as f64;
+                        (below + upper) / 2.0
+                    } else {
+                        upper
+                    }
+                };
+                SiteAges {
+                    site: site.text.to_string(),
+                    live: born.len() as u64,
+                    oldest_s: age(oldest as f64),
+                    median_s: age(median_born),
+                    live_names,
+                }
+            })
+            .collect()
+    }
+
     /// Seconds since the registry was created.
     pub fn uptime_s(&self) -> f64 {
         coarse_now_ns().saturating_sub(self.inner.started_ns) as f64 / 1e9
@@ -559,6 +624,43 @@ mod tests {
         assert_eq!(sites[0].site, format_site(place));
         assert_eq!(sites[0].live(), 2);
         assert_eq!(registry.totals().spawned, 2);
+    }
+
+    #[test]
+    fn site_ages_give_oldest_and_median_per_site_from_the_shards() {
+        let registry = TaskRegistry::new();
+        let (here, there) = (Location::caller(), Location::caller());
+        let now = coarse_now_ns();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let handles: Vec<_> =
+            rt.block_on(async { (0..5).map(|_| tokio::spawn(async {})).collect() });
+        // Four tasks at `here`, born 1..=4 s ago, one named; one at `there`, born 10 s ago.
+        for (index, handle) in handles.iter().enumerate() {
+            let (location, age_s) = if index < 4 {
+                (here, index as u64 + 1)
+            } else {
+                (there, 10)
+            };
+            let site = registry.inner.site(location);
+            let entry = Entry {
+                site,
+                born_ns: now - age_s * 1_000_000_000,
+                name: (index == 0).then_some(Cow::Borrowed("first")),
+            };
+            lock(registry.inner.shard(handle.id())).insert(handle.id(), entry);
+        }
+        let mut ages = registry.site_ages();
+        ages.sort_by_key(|a| std::cmp::Reverse(a.live));
+        assert_eq!(ages.len(), 2, "{ages:?}");
+        assert_eq!(ages[0].site, format_site(here));
+        assert_eq!(ages[0].live, 4);
+        assert!((ages[0].oldest_s - 4.0).abs() < 0.5, "{ages:?}");
+        assert!((ages[0].median_s - 2.5).abs() < 0.5, "{ages:?}");
+        assert_eq!(ages[0].live_names, vec!["first".to_owned()]);
+        assert!((ages[1].oldest_s - 10.0).abs() < 0.5, "{ages:?}");
+        assert!((ages[1].median_s - 10.0).abs() < 0.5, "{ages:?}");
     }
 
     #[test]
