@@ -6,6 +6,14 @@
 //! so tasks are grouped by their raw, unresolved trace first and only one trace per group is
 //! resolved, on a blocking thread.
 //!
+//! Busy guard: with tokio 1.54.1, `Handle::dump()` can freeze a multi-thread runtime for good
+//! when a worker's run queue is long (one worker spins in `steal_all`, another waits at the trace
+//! barrier; likely tokio issue #7478). No timeout helps then: the timer and the request's own task
+//! run on the frozen workers. So before dumping, [`Dumper::dump`] reads every worker's local queue
+//! depth and the injection queue from `Handle::metrics()`; while the deepest is above
+//! [`MAX_TRACE_QUEUE_DEPTH`] it rechecks every [`BUSY_RECHECK`], at most [`BUSY_CHECKS`] times,
+//! and then refuses with [`DumpError::Busy`] (503, counted as `dump_busy`) rather than risk it.
+//!
 //! The same dump feeds three renderings: the JSON document ([`crate::model::Dump`]), Go-style
 //! text ([`render_text`], `debug=1` grouped and `debug=2` per task) and a pprof task profile
 //! ([`to_pprof`], a sample per distinct trace valued by its task count).
@@ -27,6 +35,25 @@ use crate::pprof::{Frame, ProfileBuilder};
 /// The site shown for a task the registry never saw spawn.
 pub const UNKNOWN_SITE: &str = "<unknown>";
 
+/// Deepest run queue (any worker's local queue, or the injection queue) at which a dump is still
+/// attempted; the freeze was seen from about 200 queued tasks on one worker.
+pub const MAX_TRACE_QUEUE_DEPTH: usize = 128;
+/// How often the busy guard looks at the queues before refusing.
+pub const BUSY_CHECKS: u32 = 5;
+/// The wait between two looks of the busy guard (so it waits at most 4 x 20 ms).
+pub const BUSY_RECHECK: Duration = Duration::from_millis(20);
+
+/// The deepest run queue of the runtime behind `handle` now: each worker's local queue and the
+/// injection queue.
+pub fn deepest_queue(handle: &Handle) -> usize {
+    let metrics = handle.metrics();
+    (0..metrics.num_workers())
+        .map(|worker| metrics.worker_local_queue_depth(worker))
+        .chain(std::iter::once(metrics.global_queue_depth()))
+        .max()
+        .unwrap_or(0)
+}
+
 /// Why a dump failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DumpError {
@@ -35,6 +62,16 @@ pub enum DumpError {
         "the runtime could not be traced within {0:?}; a worker may be blocked: retry with a larger timeout_ms"
     )]
     Timeout(Duration),
+    /// The run queues stayed too long to trace safely (see the module docs).
+    #[error(
+        "runtime too busy to trace safely ({depth} tasks queued on one run queue, limit {limit}); retry"
+    )]
+    Busy {
+        /// The deepest queue at the last look.
+        depth: usize,
+        /// [`MAX_TRACE_QUEUE_DEPTH`].
+        limit: usize,
+    },
     /// The blocking thread resolving symbols failed.
     #[error("resolving the traces failed: {0}")]
     Resolve(String),
@@ -74,10 +111,11 @@ impl Dumper {
     pub async fn dump(&self, handle: &Handle, timeout: Duration) -> Result<Dump, DumpError> {
         let traced = tokio::time::timeout(timeout, async {
             let _slot = self.slot.lock().await;
-            handle.dump().await
+            wait_until_quiet(handle).await?;
+            Ok(handle.dump().await)
         })
         .await
-        .map_err(|_| DumpError::Timeout(timeout))?;
+        .map_err(|_| DumpError::Timeout(timeout))??;
         let live: HashMap<Id, LiveTask> = self
             .registry
             .live_tasks()
@@ -91,15 +129,36 @@ impl Dumper {
     }
 }
 
+/// The busy guard: returns once the deepest run queue is at most [`MAX_TRACE_QUEUE_DEPTH`], or
+/// refuses after [`BUSY_CHECKS`] looks.
+async fn wait_until_quiet(handle: &Handle) -> Result<(), DumpError> {
+    let mut depth = deepest_queue(handle);
+    for _ in 1..BUSY_CHECKS {
+        if depth <= MAX_TRACE_QUEUE_DEPTH {
+            return Ok(());
+        }
+        tokio::time::sleep(BUSY_RECHECK).await;
+        depth = deepest_queue(handle);
+    }
+    if depth <= MAX_TRACE_QUEUE_DEPTH {
+        return Ok(());
+    }
+    Err(DumpError::Busy {
+        depth,
+        limit: MAX_TRACE_QUEUE_DEPTH,
+    })
+}
+
 /// Groups raw traces, resolves one per group and joins tasks to the registry.
 fn build(traced: &tokio::runtime::Dump, live: &HashMap<Id, LiveTask>, taken_at_ms: u64) -> Dump {
-    // The Debug text of an unresolved trace is its list of instruction addresses: a cheap,
-    // exact key for "same trace" that needs no symbols.
-    let mut by_raw: HashMap<String, usize> = HashMap::new();
+    // The Debug text of an unresolved trace is its list of instruction addresses (tokio offers no
+    // other view of them): streamed into a 128-bit hash, it keys "same trace" without symbols and
+    // without building a string per task.
+    let mut by_raw: HashMap<(u64, u64), usize> = HashMap::new();
     let mut resolved: Vec<Vec<String>> = Vec::new();
     let mut tasks = Vec::new();
     for task in traced.tasks().iter() {
-        let raw = format!("{:?}", task.trace());
+        let raw = trace_key(task.trace());
         let index = *by_raw.entry(raw).or_insert_with(|| {
             resolved.push(frames(task.trace()));
             resolved.len() - 1
@@ -120,6 +179,30 @@ fn build(traced: &tokio::runtime::Dump, live: &HashMap<Id, LiveTask>, taken_at_m
         groups: group(&tasks),
         tasks,
     }
+}
+
+/// A `fmt::Write` sink hashing what is written into two independent 64-bit hashes.
+struct KeyWriter(
+    std::collections::hash_map::DefaultHasher,
+    std::collections::hash_map::DefaultHasher,
+);
+
+impl Write for KeyWriter {
+    fn write_str(&mut self, text: &str) -> std::fmt::Result {
+        std::hash::Hasher::write(&mut self.0, text.as_bytes());
+        std::hash::Hasher::write(&mut self.1, text.as_bytes());
+        Ok(())
+    }
+}
+
+/// The grouping key of an unresolved trace: a 128-bit hash of its addresses' Debug text.
+fn trace_key(trace: &(impl std::fmt::Debug + ?Sized)) -> (u64, u64) {
+    use std::hash::Hasher;
+    let mut key = KeyWriter(Default::default(), Default::default());
+    // Different starting states make the two halves independent hashes.
+    key.1.write_u64(0x9e37_79b9_7f4a_7c15);
+    let _ = write!(key, "{trace:?}");
+    (key.0.finish(), key.1.finish())
 }
 
 /// Groups tasks by identical site and trace, largest group first (ties by site, then trace).
@@ -324,6 +407,83 @@ mod tests {
         assert_eq!(groups[0].count, 2);
         assert_eq!(groups[0].site, "b.rs:1:1");
         assert_eq!(groups.iter().map(|g| g.count).sum::<u64>(), 4);
+    }
+
+    /// A task that reschedules itself at every poll until `stop`: it keeps its run queue long.
+    struct Spinner(Arc<std::sync::atomic::AtomicBool>);
+
+    impl std::future::Future for Spinner {
+        type Output = ();
+        fn poll(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<()> {
+            if self.0.load(std::sync::atomic::Ordering::Relaxed) {
+                return std::task::Poll::Ready(());
+            }
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    }
+
+    #[test]
+    fn a_long_run_queue_refuses_the_dump_and_a_quiet_one_dumps() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let dumper = Dumper::new(TaskRegistry::new());
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let spinners: Vec<_> = (0..1000)
+            .map(|_| runtime.spawn(Spinner(Arc::clone(&stop))))
+            .collect();
+        let handle = runtime.handle().clone();
+        // Without the guard this dump never returns (the runtime freezes, its timer too): wait
+        // for the answer from a plain thread, with a bound of our own.
+        let (answer, answered) = std::sync::mpsc::channel();
+        let (watch_handle, watch_dumper) = (handle.clone(), dumper.clone());
+        let dumping = std::thread::spawn(move || {
+            let result =
+                watch_handle.block_on(watch_dumper.dump(&watch_handle, Duration::from_secs(5)));
+            let _ = answer.send(result);
+        });
+        let Ok(refused) = answered.recv_timeout(Duration::from_secs(20)) else {
+            // The workers are frozen: dropping the runtime would wait for them forever.
+            std::mem::forget(runtime);
+            panic!("the dump froze the runtime instead of refusing");
+        };
+        dumping.join().expect("dump thread");
+        match refused {
+            Err(DumpError::Busy { depth, limit }) => {
+                assert!(depth > limit, "{depth} <= {limit}");
+                assert!(
+                    DumpError::Busy { depth, limit }
+                        .to_string()
+                        .contains("runtime too busy to trace safely")
+                );
+            }
+            other => panic!("expected busy, got {other:?}"),
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        runtime.block_on(async {
+            for spinner in spinners {
+                spinner.await.expect("spinner ends");
+            }
+            let dump = dumper
+                .dump(&handle, Duration::from_secs(10))
+                .await
+                .expect("a quiet runtime dumps");
+            assert_eq!(dump.schema, DUMP_SCHEMA);
+        });
+    }
+
+    #[test]
+    fn trace_keys_match_for_equal_text_only() {
+        // Unresolved traces print as their addresses; any Debug value stands in for them.
+        assert_eq!(trace_key(&[1, 2]), trace_key(&[1, 2]));
+        assert_ne!(trace_key(&[1, 2]), trace_key(&[1, 3]));
+        assert_ne!(trace_key(&[12]), trace_key(&[1, 2][..]));
     }
 
     #[test]

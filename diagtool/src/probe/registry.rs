@@ -5,7 +5,9 @@
 //! `on_task_terminate` forgets it. The registry is meant to stay on in production, so the hooks
 //! are cheap:
 //! - a site is interned once per registry (a `Site` with atomic counters, allocated once and never
-//!   freed: site records are bounded by the spawn call sites in the binary); each worker thread
+//!   freed: site records are bounded by the spawn call sites in the binary), keyed by its formatted
+//!   `path:line:col`: one source location can have several `Location` statics (generic
+//!   instantiations, codegen units), and they all map to one record at first sight; each worker thread
 //!   keeps a private cache from the `&'static Location` to its `&'static Site`, so the spawn path
 //!   takes no shared lock and no reference count to find it, and a live entry points straight at
 //!   its site so the terminate path needs no lookup at all;
@@ -14,7 +16,8 @@
 //! - spawn times come from the coarse monotonic clock (a few ns, millisecond resolution: ages are
 //!   reported in seconds).
 //!
-//! Invariants: a terminate counts only for an id seen spawning (tokio also fires it for
+//! Invariants: one site record per site string (so sums, sorting, metric labels and dump joins
+//! never see a site twice); a terminate counts only for an id seen spawning (tokio also fires it for
 //! `spawn_blocking` tasks and for its own workers at shutdown, which never fired spawn), so per
 //! site `spawned - terminated` is exactly the number of live entries of that site.
 
@@ -57,7 +60,8 @@ type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
 /// One spawn site's counters.
 #[derive(Debug)]
 struct Site {
-    location: &'static Location<'static>,
+    /// The formatted site (`path:line:col`, see [`format_site`]): the record's identity.
+    text: Box<str>,
     spawned: AtomicU64,
     terminated: AtomicU64,
     /// Distinct names seen here, at most [`MAX_NAMES_PER_SITE`]; touched only by named spawns.
@@ -92,8 +96,21 @@ struct Inner {
     /// Site records, allocated once per (registry, spawn site) and never freed, so entries and
     /// per-thread caches hold plain `&'static` references: no reference count on the hot path.
     /// They are bounded by the number of spawn call sites in the binary (about 100 bytes each).
-    sites: Mutex<FastMap<usize, &'static Site>>,
+    sites: Mutex<SiteTable>,
     shards: Box<[Mutex<FastMap<Id, Entry>>]>,
+}
+
+/// The interned sites: every `Location` address seen, and one record per site string.
+#[derive(Debug, Default)]
+struct SiteTable {
+    by_location: FastMap<usize, &'static Site>,
+    by_text: HashMap<Box<str>, &'static Site>,
+}
+
+impl SiteTable {
+    fn all(&self) -> Vec<&'static Site> {
+        self.by_text.values().copied().collect()
+    }
 }
 
 /// A cheap-clone handle on the live tasks of the runtimes it was installed on.
@@ -142,6 +159,21 @@ pub struct LiveTask {
     pub name: Option<String>,
     /// Seconds since the task was spawned.
     pub age_s: f64,
+}
+
+/// The ages of one site's live tasks at one moment (see [`TaskRegistry::site_ages`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SiteAges {
+    /// `path:line:col`, shortened.
+    pub site: String,
+    /// Live entries seen for this site.
+    pub live: u64,
+    /// Seconds since the oldest live task of this site was spawned.
+    pub oldest_s: f64,
+    /// Median of the live tasks' ages, in seconds (mean of the two middle ones for an even count).
+    pub median_s: f64,
+    /// Names set on live tasks of this site, unsorted, possibly repeated.
+    pub live_names: Vec<String>,
 }
 
 /// Totals over all sites.
@@ -215,7 +247,7 @@ impl TaskRegistry {
             inner: Arc::new(Inner {
                 key: NEXT_KEY.fetch_add(1, Ordering::Relaxed),
                 started_ns: coarse_now_ns(),
-                sites: Mutex::new(FastMap::default()),
+                sites: Mutex::new(SiteTable::default()),
                 shards,
             }),
         }
@@ -270,14 +302,14 @@ impl TaskRegistry {
 
     /// The names each site remembers (see [`MAX_NAMES_PER_SITE`]), by shortened site.
     pub fn site_names(&self) -> Vec<(String, std::collections::BTreeSet<String>)> {
-        let sites: Vec<&'static Site> = lock(&self.inner.sites).values().copied().collect();
+        let sites: Vec<&'static Site> = lock(&self.inner.sites).all();
         sites
             .iter()
             .filter_map(|site| {
                 let names = lock(&site.names);
                 (!names.is_empty()).then(|| {
                     (
-                        format_site(site.location),
+                        site.text.to_string(),
                         names.iter().map(|n| n.to_string()).collect(),
                     )
                 })
@@ -287,7 +319,7 @@ impl TaskRegistry {
 
     /// The counters of every site seen so far, in no particular order.
     pub fn sites(&self) -> Vec<SiteCounts> {
-        let sites: Vec<&'static Site> = lock(&self.inner.sites).values().copied().collect();
+        let sites: Vec<&'static Site> = lock(&self.inner.sites).all();
         sites
             .iter()
             .map(|site| {
@@ -296,7 +328,7 @@ impl TaskRegistry {
                 let terminated = site.terminated.load(Ordering::Acquire);
                 let spawned = site.spawned.load(Ordering::Acquire);
                 SiteCounts {
-                    site: format_site(site.location),
+                    site: site.text.to_string(),
                     spawned: spawned.max(terminated),
                     terminated,
                 }
@@ -318,25 +350,21 @@ impl TaskRegistry {
     /// Every live task with its site, name and age. Locks one shard at a time, briefly.
     pub fn live_tasks(&self) -> Vec<LiveTask> {
         let now = coarse_now_ns();
-        let mut formatted: FastMap<usize, String> = FastMap::default();
         let mut out = Vec::new();
         for shard in self.inner.shards.iter() {
-            let raw: Vec<(Id, &'static Location<'static>, u64, Option<String>)> = lock(shard)
+            let raw: Vec<(Id, &'static Site, u64, Option<String>)> = lock(shard)
                 .iter()
                 .map(|(id, entry)| {
                     (
                         *id,
-                        entry.site.location,
+                        entry.site,
                         entry.born_ns,
                         entry.name.as_deref().map(str::to_owned),
                     )
                 })
                 .collect();
             for (id, site, born_ns, name) in raw {
-                let site = formatted
-                    .entry(site as *const Location<'static> as usize)
-                    .or_insert_with(|| format_site(site))
-                    .clone();
+                let site = site.text.to_string();
                 out.push(LiveTask {
                     id,
                     site,
@@ -346,6 +374,56 @@ impl TaskRegistry {
             }
         }
         out
+    }
+
+    /// Per site with live tasks, the ages of its live tasks: what a snapshot needs without a
+    /// record per task (one spawn time per task is gathered per site, no string per task).
+    /// Locks one shard at a time, briefly.
+    pub fn site_ages(&self) -> Vec<SiteAges> {
+        let now = coarse_now_ns();
+        let mut by_site: FastMap<usize, (&'static Site, Vec<u64>, Vec<String>)> =
+            FastMap::default();
+        for shard in self.inner.shards.iter() {
+            let shard = lock(shard);
+            for entry in shard.values() {
+                let slot = by_site
+                    .entry(entry.site as *const Site as usize)
+                    .or_insert_with(|| (entry.site, Vec::new(), Vec::new()));
+                slot.1.push(entry.born_ns);
+                if let Some(name) = &entry.name {
+                    slot.2.push(name.to_string());
+                }
+            }
+        }
+        by_site
+            .into_values()
+            .map(|(site, mut born, live_names)| {
+                let age = |born_ns: f64| (now as f64 - born_ns).max(0.0) / 1e9;
+                let oldest = born.iter().copied().min().unwrap_or(now);
+                // Youngest-born first is oldest-age last: the median is the same either way.
+                let mid = born.len() / 2;
+                let even = born.len() % 2 == 0;
+                let median_born = if born.is_empty() {
+                    now as f64
+                } else {
+                    let (lower, upper, _) = born.select_nth_unstable(mid);
+                    let upper = *upper as f64;
+                    if even {
+                        let below = lower.iter().copied().max().unwrap_or(0) as f64;
+                        (below + upper) / 2.0
+                    } else {
+                        upper
+                    }
+                };
+                SiteAges {
+                    site: site.text.to_string(),
+                    live: born.len() as u64,
+                    oldest_s: age(oldest as f64),
+                    median_s: age(median_born),
+                    live_names,
+                }
+            })
+            .collect()
     }
 
     /// Seconds since the registry was created.
@@ -382,14 +460,7 @@ impl Inner {
         if let Some(site) = cached {
             return site;
         }
-        let site: &'static Site = lock(&self.sites).entry(address).or_insert_with(|| {
-            Box::leak(Box::new(Site {
-                location,
-                spawned: AtomicU64::new(0),
-                terminated: AtomicU64::new(0),
-                names: Mutex::new(Vec::new()),
-            }))
-        });
+        let site = self.intern(address, location);
         let _ = SITE_CACHE.try_with(|cache| {
             if let Ok(mut cache) = cache.try_borrow_mut() {
                 if cache.0 != self.key {
@@ -399,6 +470,30 @@ impl Inner {
             }
         });
         site
+    }
+
+    /// The site record of the `Location` static at `address`, interned by its formatted text
+    /// under the registry-wide lock (the slow path, once per static per registry).
+    fn intern(&self, address: usize, location: &'static Location<'static>) -> &'static Site {
+        {
+            let mut table = lock(&self.sites);
+            let SiteTable {
+                by_location,
+                by_text,
+            } = &mut *table;
+            by_location.entry(address).or_insert_with(|| {
+                // First sight of this static: another static may already name the same place.
+                let text: Box<str> = format_site(location).into();
+                by_text.entry(text.clone()).or_insert_with(|| {
+                    Box::leak(Box::new(Site {
+                        text,
+                        spawned: AtomicU64::new(0),
+                        terminated: AtomicU64::new(0),
+                        names: Mutex::new(Vec::new()),
+                    }))
+                })
+            })
+        }
     }
 
     fn spawned(&self, id: Id, location: &'static Location<'static>) {
@@ -508,6 +603,64 @@ mod tests {
             "shipper/src/leaklab.rs"
         );
         assert_eq!(short_path("/opt/app/src/main.rs"), "/opt/app/src/main.rs");
+    }
+
+    #[test]
+    fn two_location_statics_of_one_place_are_one_site() {
+        // One place can have several `Location` statics (generic instantiations, codegen units);
+        // which ones the compiler merges is not ours to choose, so two addresses stand for them.
+        let place = Location::caller();
+        let registry = TaskRegistry::new();
+        let first = registry.inner.intern(0x1000, place);
+        let second = registry.inner.intern(0x2000, place);
+        assert!(
+            std::ptr::eq(first, second),
+            "one record for one site string"
+        );
+        first.spawned.fetch_add(1, Ordering::AcqRel);
+        second.spawned.fetch_add(1, Ordering::AcqRel);
+        let sites = registry.sites();
+        assert_eq!(sites.len(), 1, "{sites:?}");
+        assert_eq!(sites[0].site, format_site(place));
+        assert_eq!(sites[0].live(), 2);
+        assert_eq!(registry.totals().spawned, 2);
+    }
+
+    #[test]
+    fn site_ages_give_oldest_and_median_per_site_from_the_shards() {
+        let registry = TaskRegistry::new();
+        let (here, there) = (Location::caller(), Location::caller());
+        let now = coarse_now_ns();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let handles: Vec<_> =
+            rt.block_on(async { (0..5).map(|_| tokio::spawn(async {})).collect() });
+        // Four tasks at `here`, born 1..=4 s ago, one named; one at `there`, born 10 s ago.
+        for (index, handle) in handles.iter().enumerate() {
+            let (location, age_s) = if index < 4 {
+                (here, index as u64 + 1)
+            } else {
+                (there, 10)
+            };
+            let site = registry.inner.site(location);
+            let entry = Entry {
+                site,
+                born_ns: now - age_s * 1_000_000_000,
+                name: (index == 0).then_some(Cow::Borrowed("first")),
+            };
+            lock(registry.inner.shard(handle.id())).insert(handle.id(), entry);
+        }
+        let mut ages = registry.site_ages();
+        ages.sort_by_key(|a| std::cmp::Reverse(a.live));
+        assert_eq!(ages.len(), 2, "{ages:?}");
+        assert_eq!(ages[0].site, format_site(here));
+        assert_eq!(ages[0].live, 4);
+        assert!((ages[0].oldest_s - 4.0).abs() < 0.5, "{ages:?}");
+        assert!((ages[0].median_s - 2.5).abs() < 0.5, "{ages:?}");
+        assert_eq!(ages[0].live_names, vec!["first".to_owned()]);
+        assert!((ages[1].oldest_s - 10.0).abs() < 0.5, "{ages:?}");
+        assert!((ages[1].median_s - 10.0).abs() < 0.5, "{ages:?}");
     }
 
     #[test]

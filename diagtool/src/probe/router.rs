@@ -133,6 +133,7 @@ impl From<DumpError> for ApiError {
     fn from(err: DumpError) -> Self {
         let kind = match err {
             DumpError::Timeout(_) => "dump_timeout",
+            DumpError::Busy { .. } => "dump_busy",
             DumpError::Resolve(_) => "dump_resolve",
         };
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, kind, err.to_string())

@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::runtime::Handle;
 
 use super::process::process_stats;
-use super::registry::TaskRegistry;
+use super::registry::{SiteAges, TaskRegistry};
 use super::runtime::runtime_stats;
 use crate::model::{SNAPSHOT_SCHEMA, SiteStats, Snapshot, TaskDetail, TaskTotals};
 
@@ -42,33 +42,29 @@ pub fn take(
     detail: bool,
 ) -> Snapshot {
     let counts = registry.sites();
-    let live = registry.live_tasks();
-
-    let mut ages: HashMap<&str, Vec<f64>> = HashMap::new();
-    for task in &live {
-        ages.entry(&task.site).or_default().push(task.age_s);
-    }
+    // Ages per site straight from the shards: no record (nor site string) per live task.
+    let mut ages: HashMap<String, SiteAges> = registry
+        .site_ages()
+        .into_iter()
+        .map(|ages| (ages.site.clone(), ages))
+        .collect();
     // Names the sites kept (they outlive their tasks) plus names set on live tasks.
     let mut names: HashMap<String, BTreeSet<String>> = registry.site_names().into_iter().collect();
-    for task in &live {
-        if let Some(name) = &task.name {
+    for site_ages in ages.values_mut() {
+        for name in site_ages.live_names.drain(..) {
             names
-                .entry(task.site.clone())
+                .entry(site_ages.site.clone())
                 .or_default()
-                .insert(name.clone());
+                .insert(name);
         }
     }
 
     let mut sites: Vec<SiteStats> = counts
         .iter()
         .map(|count| {
-            let mut site_ages = ages.remove(count.site.as_str()).unwrap_or_default();
-            site_ages.sort_by(|a, b| b.total_cmp(a));
-            let (oldest, median) = if site_ages.is_empty() {
-                (0.0, 0.0)
-            } else {
-                (site_ages[0], median_of_sorted(&site_ages))
-            };
+            let (oldest, median) = ages
+                .get(count.site.as_str())
+                .map_or((0.0, 0.0), |a| (a.oldest_s, a.median_s));
             SiteStats {
                 site: count.site.clone(),
                 live: count.live(),
@@ -92,7 +88,8 @@ pub fn take(
     };
 
     let tasks_detail = detail.then(|| {
-        let mut detail: Vec<TaskDetail> = live
+        let mut detail: Vec<TaskDetail> = registry
+            .live_tasks()
             .iter()
             .map(|task| TaskDetail {
                 id: task_id_u64(task.id),
@@ -121,15 +118,6 @@ pub fn take(
 /// tokio's task id as a number (tokio exposes it only through `Display`).
 pub(crate) fn task_id_u64(id: tokio::task::Id) -> u64 {
     id.to_string().parse().unwrap_or(0)
-}
-
-fn median_of_sorted(values: &[f64]) -> f64 {
-    let mid = values.len() / 2;
-    if values.len() % 2 == 1 {
-        values[mid]
-    } else {
-        (values[mid - 1] + values[mid]) / 2.0
-    }
 }
 
 /// Seconds rounded to milliseconds: finer digits are clock noise and bloat the JSON.
