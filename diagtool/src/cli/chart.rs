@@ -1,6 +1,7 @@
 //! A line chart of live tasks per site over time, written as plain SVG (axes with ticks, one
 //! polyline per site, a legend), so the report needs no plotting library and opens in any browser.
 
+use crate::soak::junit::escape;
 use std::fmt::Write as _;
 
 /// One line of the chart.
@@ -175,22 +176,6 @@ fn shorten(label: &str, max: usize) -> String {
     }
     let tail: String = label.chars().skip(count - (max - 1)).collect();
     format!("…{tail}")
-}
-
-/// Escapes text for SVG element content and attribute values.
-pub(super) fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

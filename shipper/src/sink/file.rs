@@ -6,7 +6,6 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::mpsc;
@@ -66,16 +65,9 @@ pub async fn run(
         })?;
     let mut buf = Vec::with_capacity(2 << 20);
     loop {
-        let batch = tokio::select! {
-            biased;
-            _ = stop.cancelled() => return Ok(()),
-            b = batches.recv() => match b {
-                Some(b) => b,
-                None => return Ok(()),
-            },
-            _ = tokio::time::sleep(Duration::from_millis(500)) => { beat(); continue; }
+        let Some(batch) = super::next_batch(&mut batches, &stop, &beat).await else {
+            return Ok(());
         };
-        beat();
         buf.clear();
         let n = encode(&batch, &mut buf);
         let started = std::time::Instant::now();

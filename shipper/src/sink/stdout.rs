@@ -5,7 +5,6 @@
 //! that was not.
 
 use std::io::Write;
-use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::mpsc;
@@ -22,16 +21,9 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut buf = Vec::with_capacity(2 << 20);
     loop {
-        let batch = tokio::select! {
-            biased;
-            _ = stop.cancelled() => return Ok(()),
-            b = batches.recv() => match b {
-                Some(b) => b,
-                None => return Ok(()),
-            },
-            _ = tokio::time::sleep(Duration::from_millis(500)) => { beat(); continue; }
+        let Some(batch) = super::next_batch(&mut batches, &stop, &beat).await else {
+            return Ok(());
         };
-        beat();
         buf.clear();
         let n = encode(&batch, &mut buf);
         let mut out = std::io::stdout().lock();
