@@ -604,8 +604,16 @@ mod fake {
             "/debug/tasks",
             get(move || async move { axum::Json(snapshot(started, leak)) }),
         );
-        let main_listener = tokio::net::TcpListener::bind(cfg.main).await.unwrap();
-        let debug_listener = tokio::net::TcpListener::bind(cfg.debug).await.unwrap();
+        // Like the real shipper: a port taken meanwhile (by a test running in parallel) is one
+        // short line and an exit, which the soak recognises and retries with other ports. A panic's
+        // backtrace would push the cause out of the log tail the soak reads.
+        let (Ok(main_listener), Ok(debug_listener)) = (
+            tokio::net::TcpListener::bind(cfg.main).await,
+            tokio::net::TcpListener::bind(cfg.debug).await,
+        ) else {
+            eprintln!("fake shipper: cannot bind its ports: Address already in use");
+            return 1;
+        };
         let stop = tokio_util::sync::CancellationToken::new();
         let servers = {
             let (s1, s2) = (stop.clone(), stop.clone());
