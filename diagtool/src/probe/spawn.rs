@@ -8,6 +8,10 @@
 //!
 //! Every function here is `#[track_caller]` down to tokio's spawn, so the spawn site recorded by
 //! the registry is the caller's line, not a line in this file.
+//!
+//! The name also goes to tokio itself (`task::Builder::name`), which puts it on the task's
+//! `runtime.spawn` span: tokio-console and any other tracing consumer then show the same name
+//! the registry does.
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -81,8 +85,10 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    let _pending = PendingName::set(name.into());
-    tokio::spawn(traced(future))
+    let name = name.into();
+    let builder = tokio::task::Builder::new().name(&name);
+    let _pending = PendingName::set(name.clone());
+    spawned(builder.spawn(traced(future)))
 }
 
 /// [`spawn_named`] on the runtime of `handle`.
@@ -96,8 +102,10 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    let _pending = PendingName::set(name.into());
-    handle.spawn(traced(future))
+    let name = name.into();
+    let builder = tokio::task::Builder::new().name(&name);
+    let _pending = PendingName::set(name.clone());
+    spawned(builder.spawn_on(traced(future), handle))
 }
 
 /// [`spawn_named`] through a `TaskTracker`, so the host can wait for the task at shutdown.
@@ -111,6 +119,19 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    let _pending = PendingName::set(name.into());
-    tracker.spawn(traced(future))
+    let name = name.into();
+    let builder = tokio::task::Builder::new().name(&name);
+    let _pending = PendingName::set(name.clone());
+    spawned(builder.spawn(tracker.track_future(traced(future))))
+}
+
+/// Unwraps tokio's `Builder::spawn` result. It is an `io::Result` only for the sake of
+/// `spawn_blocking`, whose thread can fail to start; a task spawn always returns `Ok` (and
+/// panics outside a runtime, like `tokio::spawn`), so an error here is a broken tokio invariant.
+#[track_caller]
+fn spawned<T>(result: std::io::Result<JoinHandle<T>>) -> JoinHandle<T> {
+    match result {
+        Ok(handle) => handle,
+        Err(err) => panic!("tokio refused to spawn a task: {err}"),
+    }
 }
