@@ -16,9 +16,10 @@ fn load(name: &str, duration: Option<Duration>) -> Profile {
     Profile::load(&path, duration).unwrap_or_else(|e| panic!("{e}"))
 }
 
-const ALL: [&str; 6] = [
+const ALL: [&str; 7] = [
     "steady",
     "leak-poll-spawn",
+    "fixed-poll-spawn",
     "rotation-storm",
     "loki-outage",
     "many-files",
@@ -75,6 +76,14 @@ fn profiles_exercise_what_their_names_say() {
     assert_eq!(
         leak.generator, steady.generator,
         "the same workload as steady"
+    );
+
+    let fixed = load("fixed-poll-spawn", None);
+    assert!(fixed.shipper.leak_lab_fixed && !leak.shipper.leak_lab_fixed);
+    assert_eq!(
+        (&fixed.shipper.leak_lab, &fixed.generator, fixed.duration),
+        (&leak.shipper.leak_lab, &leak.generator, leak.duration),
+        "the leak's very spawns and workload, fixed"
     );
 
     let storm = load("rotation-storm", None);

@@ -180,6 +180,8 @@ pub struct Config {
     pub health: HealthConfig,
     /// Leak-lab scenarios named on the command line (wired by the probe work; off when empty).
     pub leak_lab: Vec<String>,
+    /// Run the leak lab's fixed versions (`--leak-lab-fixed`): same spawns, every task ends.
+    pub leak_lab_fixed: bool,
 }
 
 /// The servers' settings.
@@ -718,6 +720,7 @@ impl Config {
             sink,
             health,
             leak_lab: Vec::new(),
+            leak_lab_fixed: false,
         })
     }
 }

@@ -6,8 +6,15 @@
 //!
 //! The leaked tasks are spawned with a bare `tokio::spawn` on purpose: they have no owner, no
 //! cancellation and no join. That is the bug being reproduced. Their futures are wrapped in the
-//! probe's [`traced`] only so that release-build dumps keep this file's frames. The drivers that trigger the leaks
-//! (the poll ticker, the health-check loop) are ordinary owned tasks run by the supervisor.
+//! probe's [`traced`] only so that release-build dumps keep this file's frames. The drivers that
+//! trigger the leaks (the poll ticker, the health-check loop) are ordinary owned tasks run by the
+//! supervisor.
+//!
+//! The lab also carries the fixed version of each leak (`--leak-lab-fixed`), so the runbook and the
+//! soak can show a fix without a rebuild: the same spawns from the same lines, but every task is
+//! answered and ends. A poll's tasks are woken by the next poll, a health check's ping is answered
+//! at the next check, a file follower's channel closes. `spawned` keeps rising at the site while
+//! `live` stays flat, which is what `diagtool diff` and `diagtool soak` must then report.
 
 use std::fmt;
 use std::str::FromStr;
@@ -167,9 +174,13 @@ fn parse_period(text: &str) -> Option<Duration> {
 #[derive(Debug, Clone, Default)]
 pub struct LeakLab {
     specs: Arc<Vec<LeakSpec>>,
+    /// Run the fixed version of each scenario: same spawns, every task ends.
+    fixed: bool,
     /// Keeps every never-answered "ping" sender alive, so the leaked health-check tasks wait forever
-    /// instead of seeing a closed channel.
+    /// instead of seeing a closed channel. Fixed: the previous check's pings, answered at the next.
     unanswered: Arc<Mutex<Vec<oneshot::Sender<()>>>>,
+    /// Fixed `poll-spawn` only: the previous tick's tasks, woken at the next tick.
+    pending_polls: Arc<Mutex<Vec<Arc<Notify>>>>,
 }
 
 impl LeakLab {
@@ -177,8 +188,19 @@ impl LeakLab {
     pub fn new(specs: Vec<LeakSpec>) -> Self {
         Self {
             specs: Arc::new(specs),
-            unanswered: Arc::default(),
+            ..Self::default()
         }
+    }
+
+    /// The same lab running the fixed version of each scenario (`--leak-lab-fixed`).
+    pub fn fixed(mut self, fixed: bool) -> Self {
+        self.fixed = fixed;
+        self
+    }
+
+    /// Whether the lab runs the fixed versions.
+    pub fn is_fixed(&self) -> bool {
+        self.fixed
     }
 
     /// Whether any scenario is enabled.
@@ -208,10 +230,12 @@ impl LeakLab {
             return;
         };
         for _ in 0..spec.count {
-            // Each task waits for a line on a channel whose sender is dropped into the task itself:
-            // the channel stays open (the sender lives) and nothing is ever sent.
+            // Each task waits for a line on a channel whose sender is moved into the task itself:
+            // the channel stays open (the sender lives) and nothing is ever sent. The fix keeps the
+            // sender out of the task, so the channel closes when its owner drops it.
             let (tx, rx) = mpsc::channel::<String>(1);
-            tokio::spawn(traced(follow_added_file(tx, rx)));
+            let keep_open = (!self.fixed).then_some(tx);
+            tokio::spawn(traced(follow_added_file(keep_open, rx)));
         }
     }
 
@@ -222,6 +246,12 @@ impl LeakLab {
             return;
         };
         let mut unanswered = self.unanswered.lock().unwrap_or_else(|p| p.into_inner());
+        if self.fixed {
+            // The fix: the previous check's pings get their answer (a receiver already gone is fine).
+            for reply in unanswered.drain(..) {
+                let _ = reply.send(());
+            }
+        }
         for _ in 0..spec.count {
             let (reply_tx, reply_rx) = oneshot::channel();
             unanswered.push(reply_tx);
@@ -230,10 +260,28 @@ impl LeakLab {
     }
 
     /// One `poll-spawn` tick: leaks COUNT tasks parked on a `Notify` that is never notified.
+    /// Fixed: the previous tick's tasks are notified first, so at most COUNT are ever parked.
     fn poll_tick(&self, count: u32) {
+        let mut pending = self.pending_polls.lock().unwrap_or_else(|p| p.into_inner());
+        answer_polls(&mut pending);
         for _ in 0..count {
-            let never = Arc::new(Notify::new());
-            tokio::spawn(traced(park_after_poll(never)));
+            let notify = Arc::new(Notify::new());
+            if self.fixed {
+                pending.push(Arc::clone(&notify));
+            }
+            tokio::spawn(traced(park_after_poll(notify)));
+        }
+    }
+
+    /// Fixed mode at stop: every task still waiting gets its answer, so none outlives the lab.
+    /// (The leak keeps nothing to answer: its tasks stay parked, as a leak does.)
+    fn answer_all(&self) {
+        answer_polls(&mut self.pending_polls.lock().unwrap_or_else(|p| p.into_inner()));
+        if self.fixed {
+            let mut unanswered = self.unanswered.lock().unwrap_or_else(|p| p.into_inner());
+            for reply in unanswered.drain(..) {
+                let _ = reply.send(());
+            }
         }
     }
 
@@ -250,7 +298,7 @@ impl LeakLab {
         let mut health_timer = health.map(|s| interval_after(s.period));
         loop {
             tokio::select! {
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => return self.answer_all(),
                 _ = tick(&mut poll_timer) => {
                     if let Some(spec) = poll { self.poll_tick(spec.count) }
                 }
@@ -319,9 +367,19 @@ async fn tick(timer: &mut Option<tokio::time::Interval>) {
     }
 }
 
+/// Wakes parked polls. `notify_one` stores a permit for a task not yet polled, so none is missed.
+fn answer_polls(pending: &mut Vec<Arc<Notify>>) {
+    for notify in pending.drain(..) {
+        notify.notify_one();
+    }
+}
+
 /// The `file-add-spawn` leak: a follower per added file waiting for lines nobody sends.
 #[inline(never)]
-async fn follow_added_file(keep_open: mpsc::Sender<String>, mut lines: mpsc::Receiver<String>) {
+async fn follow_added_file(
+    keep_open: Option<mpsc::Sender<String>>,
+    mut lines: mpsc::Receiver<String>,
+) {
     while let Some(line) = lines.recv().await {
         drop(line);
     }
@@ -334,10 +392,11 @@ async fn await_ping_reply(reply: oneshot::Receiver<()>) {
     let _ = reply.await;
 }
 
-/// The `poll-spawn` leak: a task parked on a notification that is never sent.
+/// The `poll-spawn` leak: a task parked on a notification that is never sent (the leak) or sent
+/// at the next poll (the fix).
 #[inline(never)]
-async fn park_after_poll(never: Arc<Notify>) {
-    never.notified().await;
+async fn park_after_poll(answer: Arc<Notify>) {
+    answer.notified().await;
 }
 
 #[cfg(test)]
@@ -400,6 +459,55 @@ mod tests {
         driver.await.expect("driver joins");
         // The leaked tasks outlive their driver: that is the leak.
         assert_eq!(alive(), base - 1 + 12);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fixed_poll_spawn_spawns_as_often_but_keeps_at_most_one_tick_alive() {
+        let lab = LeakLab::new(vec!["poll-spawn:4/1s".parse().expect("parses")]).fixed(true);
+        let stop = CancellationToken::new();
+        let driver = tokio::spawn(lab.run(stop.clone()));
+        settle().await;
+        let base = alive();
+        for tick in 1..=5 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            settle().await;
+            // Each tick answers the previous tick's four and spawns four new ones.
+            assert_eq!(alive(), base + 4, "after tick {tick}");
+        }
+        stop.cancel();
+        driver.await.expect("driver joins");
+        settle().await;
+        assert_eq!(
+            alive(),
+            base - 1,
+            "the fix answers every parked task at stop"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fixed_health_checks_answer_the_previous_ping_and_file_followers_end() {
+        let lab = LeakLab::new(vec![
+            "unjoined-health-check:2/10s".parse().expect("parses"),
+            "file-add-spawn:3".parse().expect("parses"),
+        ])
+        .fixed(true);
+        let base = alive();
+        lab.sink_health_checked();
+        settle().await;
+        assert_eq!(
+            alive(),
+            base + 2,
+            "this check's pings wait for their answer"
+        );
+        lab.sink_health_checked();
+        settle().await;
+        assert_eq!(alive(), base + 2, "the previous pings were answered");
+        lab.answer_all();
+        settle().await;
+        assert_eq!(alive(), base);
+        lab.file_added();
+        settle().await;
+        assert_eq!(alive(), base, "a follower whose channel closed ends");
     }
 
     #[tokio::test(start_paused = true)]

@@ -93,7 +93,7 @@ pub async fn run_with(
         probe,
         console,
     } = diagnostics;
-    let lab = LeakLab::new(leak_specs(&config)?);
+    let lab = LeakLab::new(leak_specs(&config)?).fixed(config.leak_lab_fixed);
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data_dir '{}'", config.data_dir.display()))?;
     let loaded = checkpoint::load(&config.data_dir)?;
@@ -165,7 +165,11 @@ pub async fn run_with(
     }
     if lab.is_enabled() {
         let names: Vec<String> = lab.specs().iter().map(ToString::to_string).collect();
-        tracing::warn!(scenarios = ?names, "leak lab on: this process leaks tasks on purpose");
+        if lab.is_fixed() {
+            tracing::info!(scenarios = ?names, "leak lab on, fixed versions: the same spawns, every task ends");
+        } else {
+            tracing::warn!(scenarios = ?names, "leak lab on: this process leaks tasks on purpose");
+        }
     }
     if lab.has_timed() {
         let (lab, stop) = (lab.clone(), sup.shutdown());

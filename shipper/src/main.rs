@@ -18,6 +18,7 @@ Examples:
   shipper --config shipper.toml                      run; SIGTERM flushes and saves positions
   shipper --config shipper.toml --console            also serve tokio-console on 127.0.0.1:6669
   shipper --leak-lab poll-spawn:16/30s               reproduce a leak for diagtool watch
+  shipper --leak-lab poll-spawn:16/30s --leak-lab-fixed   the same spawns, fixed: no leak
   shipper --completions bash > /etc/bash_completion.d/shipper
   shipper --man | man -l -";
 
@@ -43,6 +44,10 @@ struct Cli {
     /// Leak-lab scenario SCENARIO[:COUNT/PERIOD], repeatable [default: none].
     #[arg(long, value_name = "SCENARIO")]
     leak_lab: Vec<String>,
+    /// Run the leak lab's fixed code instead: the same spawns, but every task is answered and ends
+    /// (shows a fix without a rebuild).
+    #[arg(long, requires = "leak_lab")]
+    leak_lab_fixed: bool,
     /// Validate the config, print "ok" and exit 0 (exit 2 with the offending key otherwise).
     #[arg(long)]
     check_config: bool,
@@ -87,6 +92,7 @@ fn load(cli: &Cli) -> Result<Config, Failure> {
     }
     config.server.console |= cli.console;
     config.leak_lab = cli.leak_lab.clone();
+    config.leak_lab_fixed = cli.leak_lab_fixed;
     // The file's own check ran before the flags were applied; --debug-addr needs it again.
     diagtool::probe::check_bind(
         config.server.debug_addr,

@@ -10,10 +10,15 @@ use std::time::{Duration, Instant};
 
 use support::{Env, grown, http_get_bytes, live_by_site, run_bin, wait_until};
 
-/// Starts a shipper with `--leak-lab` values and extra `[health]` keys.
+/// Starts a shipper with `--leak-lab` values (an entry starting with `--` is passed as a flag)
+/// and extra `[health]` keys.
 fn start_with(leaks: &[&str], health: &str) -> (Env, support::Shipper) {
     let mut env = Env::new();
     for leak in leaks {
+        if leak.starts_with("--") {
+            env.args.push((*leak).into());
+            continue;
+        }
         env.args.push("--leak-lab".into());
         env.args.push((*leak).into());
     }
@@ -70,6 +75,43 @@ fn each_leak_lab_scenario_grows_at_its_own_site_and_only_there() {
     sites.sort();
     sites.dedup();
     assert_eq!(sites.len(), 3, "three distinct sites: {sites:?}");
+}
+
+/// `--leak-lab-fixed`: the leak's own site keeps spawning, but its live count stays at one tick's
+/// worth: what `diagtool diff` shows after a fix (spawned rises, ended keeps pace).
+#[test]
+fn the_fixed_leak_lab_spawns_from_the_same_site_but_ends_its_tasks() {
+    let (_env, shipper) = start_with(&["poll-spawn:3/200ms", "--leak-lab-fixed"], "");
+    let site_row = |snapshot: &serde_json::Value| {
+        snapshot["sites"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["site"].as_str().unwrap().contains("leaklab.rs"))
+            .cloned()
+    };
+    let mut row = None;
+    wait_until(Duration::from_secs(15), "twelve ticks' spawns", || {
+        row = site_row(&shipper.tasks());
+        row.as_ref()
+            .is_some_and(|r| r["spawned_total"].as_u64().unwrap() >= 36)
+    });
+    let row = row.unwrap();
+    let live = row["live"].as_u64().unwrap();
+    assert!(
+        live <= 6,
+        "at most the last tick's 3 (and the next, racing the snapshot) stay live: {row}"
+    );
+    assert!(
+        row["terminated_total"].as_u64().unwrap() >= 30,
+        "the earlier ticks' tasks ended: {row}"
+    );
+    assert!(
+        shipper.stderr().contains("fixed versions"),
+        "{}",
+        shipper.stderr()
+    );
+    assert!(shipper.terminate(Duration::from_secs(15)).success());
 }
 
 /// The "done when", as an operator would check it with curl.

@@ -322,6 +322,9 @@ fn shipper_args(profile: &Profile, config: &Path) -> Vec<String> {
         args.push("--leak-lab".to_owned());
         args.push(leak.clone());
     }
+    if profile.shipper.leak_lab_fixed {
+        args.push("--leak-lab-fixed".to_owned());
+    }
     args
 }
 
@@ -668,6 +671,14 @@ mod tests {
         assert_eq!(
             args,
             ["--config", "/c.toml", "--leak-lab", "poll-spawn:4/5000ms"]
+        );
+        let fixed = PROFILE.replace("[generator]", "leak_lab_fixed = true\n[generator]");
+        let fixed = Profile::parse(&fixed, "p.toml", "p", None).unwrap();
+        assert_eq!(
+            shipper_args(&fixed, Path::new("/c.toml"))
+                .last()
+                .map(String::as_str),
+            Some("--leak-lab-fixed")
         );
     }
 

@@ -70,6 +70,8 @@ struct ProfileFile {
 struct ShipperFile {
     #[serde(default)]
     leak_lab: Vec<String>,
+    #[serde(default)]
+    leak_lab_fixed: bool,
     encoding: Option<String>,
     batch_max_wait: Option<String>,
     batch_max_bytes: Option<u64>,
@@ -202,6 +204,8 @@ pub struct GeneratorSpec {
 pub struct ShipperSpec {
     /// `--leak-lab` values, periods already scaled.
     pub leak_lab: Vec<String>,
+    /// `--leak-lab-fixed`: the lab's fixed versions (same spawns, every task ends).
+    pub leak_lab_fixed: bool,
     /// Loki push encoding: `json` or `protobuf`.
     pub encoding: String,
     /// The sink's batch wait (not scaled).
@@ -529,8 +533,15 @@ impl Profile {
                     &format!("shipper.leak_lab[{i}]"),
                 )?);
             }
+            if s.leak_lab_fixed && leak_lab.is_empty() {
+                return Err(cx.invalid(
+                    "shipper.leak_lab_fixed",
+                    "true without any shipper.leak_lab scenario to fix: name one".to_owned(),
+                ));
+            }
             ShipperSpec {
                 leak_lab,
+                leak_lab_fixed: s.leak_lab_fixed,
                 encoding,
                 batch_max_wait: cx.opt(
                     "shipper.batch_max_wait",
@@ -744,5 +755,7 @@ max_missing_ratio = 0.01
             "{base}[shipper]\nleak_lab = [\"poll-spawn:4/soon\"]\n"
         ));
         assert!(e.contains("shipper.leak_lab[0]"), "{e}");
+        let e = err(&format!("{base}[shipper]\nleak_lab_fixed = true\n"));
+        assert!(e.contains("shipper.leak_lab_fixed"), "{e}");
     }
 }
