@@ -26,7 +26,7 @@ main_addr = "127.0.0.1:8401"
 debug_addr = "127.0.0.1:6060"
 # debug_token = "..."                # required when debug_addr is not loopback
 console = false
-console_addr = "127.0.0.1:6669"
+console_addr = "127.0.0.1:6669"     # loopback only: tokio-console has no authentication
 
 [[sources]]
 type = "file"
@@ -488,6 +488,17 @@ impl Config {
                 "127.0.0.1:6669",
             )?,
         };
+        if !server.console_addr.ip().is_loopback() {
+            // tokio-console's protocol has no authentication, so no token can make this safe.
+            return Err(r.invalid(
+                "server.console_addr",
+                format!(
+                    "{} is not loopback, and tokio-console has no authentication; bind 127.0.0.1 \
+                     and reach it through an SSH tunnel (docs/console.md)",
+                    server.console_addr
+                ),
+            ));
+        }
         if !server.debug_addr.ip().is_loopback() && server.debug_token.is_none() {
             return Err(r.invalid(
                 "server.debug_token",

@@ -105,6 +105,13 @@ fn load(cli: &Cli) -> Result<Config, Failure> {
             config.server.debug_addr
         ))
     })?;
+    if !config.server.console_addr.ip().is_loopback() {
+        return Err(Failure::Config(anyhow::anyhow!(
+            "key `server.console_addr`: {} is not loopback, and tokio-console has no \
+             authentication; bind 127.0.0.1 and reach it through an SSH tunnel (docs/console.md)",
+            config.server.console_addr
+        )));
+    }
     shipper::leak_specs(&config).map_err(Failure::Config)?;
     Ok(config)
 }

@@ -322,6 +322,33 @@ fn a_non_loopback_debug_port_without_a_token_is_a_config_error() {
 }
 
 #[test]
+fn a_non_loopback_console_is_a_config_error_even_with_a_token() {
+    let mut env = Env::new();
+    env.server_extra = "debug_token = \"s3cret\"".into();
+    let p = env.write_config();
+    let (code, _, err) = run_bin(&[
+        "--config",
+        p.to_str().unwrap(),
+        "--console",
+        "--console-addr",
+        "0.0.0.0:6669",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("server.console_addr") && err.contains("0.0.0.0:6669"),
+        "{err}"
+    );
+    env.server_extra.push_str("\nconsole_addr = \"10.1.2.3:6669\"");
+    let p = env.write_config();
+    let (code, _, err) = run_bin(&["--check-config", "--config", p.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("server.console_addr") && err.contains("SSH tunnel"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_bad_leak_lab_value_is_a_usage_error() {
     let env = Env::new();
     let p = env.write_config();

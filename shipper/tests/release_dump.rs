@@ -53,7 +53,7 @@ fn a_release_dump_of_poll_spawn_shows_the_lab_function_and_its_await_point() {
     );
     let await_line = include_str!("../src/leaklab.rs")
         .lines()
-        .position(|l| l.contains("never.notified().await"))
+        .position(|l| l.contains("answer.notified().await"))
         .unwrap()
         + 1;
     assert!(
