@@ -290,6 +290,29 @@ impl ProfileBuilder {
         self
     }
 
+    /// Names the profiled program's binary (a mapping that covers every location, marked as
+    /// already symbolized), so `go tool pprof` shows its name and neither warns that the main
+    /// binary's name is missing nor tries to symbolize the frames again.
+    pub fn main_binary(mut self, filename: &str) -> Self {
+        let filename = self.intern(filename);
+        self.profile.mapping = vec![Mapping {
+            id: MAIN_MAPPING,
+            memory_start: 0,
+            memory_limit: u64::MAX,
+            file_offset: 0,
+            filename,
+            build_id: 0,
+            has_functions: true,
+            has_filenames: true,
+            has_line_numbers: true,
+            has_inline_frames: true,
+        }];
+        for location in &mut self.profile.location {
+            location.mapping_id = MAIN_MAPPING;
+        }
+        self
+    }
+
     /// Adds a free-form comment (shown by `go tool pprof -comments`).
     pub fn comment(mut self, text: &str) -> Self {
         let index = self.intern(text);
@@ -377,9 +400,14 @@ impl ProfileBuilder {
         }
         let function_id = self.function(frame);
         let id = self.profile.location.len() as u64 + 1;
+        let mapping_id = if self.profile.mapping.is_empty() {
+            0
+        } else {
+            MAIN_MAPPING
+        };
         self.profile.location.push(Location {
             id,
-            mapping_id: 0,
+            mapping_id,
             address: 0,
             line: vec![Line {
                 function_id,
@@ -391,6 +419,18 @@ impl ProfileBuilder {
         self.locations.insert(frame.clone(), id);
         id
     }
+}
+
+/// The id of the one mapping [`ProfileBuilder::main_binary`] adds.
+const MAIN_MAPPING: u64 = 1;
+
+/// The running program's path, for [`ProfileBuilder::main_binary`] (Linux appends ` (deleted)`
+/// when the file was replaced since start, which then shows in `go tool pprof`'s output too).
+pub fn current_binary() -> String {
+    std::env::current_exe().map_or_else(
+        |_| "unknown".to_owned(),
+        |path| path.to_string_lossy().into_owned(),
+    )
 }
 
 /// Encodes a profile as a gzipped protobuf (`.pb.gz`).

@@ -338,7 +338,8 @@ fn a_non_loopback_console_is_a_config_error_even_with_a_token() {
         err.contains("server.console_addr") && err.contains("0.0.0.0:6669"),
         "{err}"
     );
-    env.server_extra.push_str("\nconsole_addr = \"10.1.2.3:6669\"");
+    env.server_extra
+        .push_str("\nconsole_addr = \"10.1.2.3:6669\"");
     let p = env.write_config();
     let (code, _, err) = run_bin(&["--check-config", "--config", p.to_str().unwrap()]);
     assert_eq!(code, 2, "{err}");

@@ -150,9 +150,41 @@ fn chart(recording: &Recording, analysis: &Analysis) -> String {
     live_tasks_svg(&format!("Live tasks per spawn site: {service}"), &lines)
 }
 
-/// A site's short label for a table column: its file name and position.
-fn short_site(site: &str) -> String {
-    site.rsplit('/').next().unwrap_or(site).to_owned()
+/// Short labels for table columns: each site's file name and position, with as many parent
+/// directories as it takes to tell apart two different files of the same name (two `mod.rs`
+/// columns become `serve/mod.rs:276:9` and `sink/mod.rs:40:5`). Sites in the same file keep the
+/// bare file name: their positions differ.
+fn short_sites(sites: &[&str]) -> Vec<String> {
+    // `path/to/file.rs:LINE:COL` -> ("path/to/file.rs", ":LINE:COL"); a site without a position
+    // is all path.
+    let parts: Vec<(&str, &str)> = sites
+        .iter()
+        .map(|site| {
+            let file_start = site.rfind('/').map_or(0, |i| i + 1);
+            match site[file_start..].find(':') {
+                Some(colon) => site.split_at(file_start + colon),
+                None => (*site, ""),
+            }
+        })
+        .collect();
+    let suffix = |path: &str, depth: usize| -> String {
+        let components: Vec<&str> = path.split('/').collect();
+        components[components.len().saturating_sub(depth)..].join("/")
+    };
+    parts
+        .iter()
+        .map(|(path, position)| {
+            let mut depth = 1;
+            while parts
+                .iter()
+                .any(|(other, _)| other != path && suffix(other, depth) == suffix(path, depth))
+                && depth < path.split('/').count()
+            {
+                depth += 1;
+            }
+            format!("{}{position}", suffix(path, depth))
+        })
+        .collect()
 }
 
 /// Escapes text for a Markdown table cell.
@@ -242,8 +274,9 @@ fn markdown(recording: &Recording, analysis: &Analysis, svg_name: &str) -> Strin
     let _ = writeln!(md, "## Timeline\n");
     let mut header = "| time (UTC) | since start | total live | delta |".to_owned();
     let mut rule = "|---|---:|---:|---:|".to_owned();
-    for s in &tops {
-        let _ = write!(header, " `{}` |", cell(&short_site(&s.row.site)));
+    let sites: Vec<&str> = tops.iter().map(|s| s.row.site.as_str()).collect();
+    for label in short_sites(&sites) {
+        let _ = write!(header, " `{}` |", cell(&label));
         rule.push_str("---:|");
     }
     let _ = writeln!(md, "{header}\n{rule}");
@@ -451,8 +484,24 @@ mod tests {
             Path::new("/tmp/x/incident-live.svg")
         );
         assert_eq!(
-            short_site("shipper/src/leaklab.rs:88:17"),
-            "leaklab.rs:88:17"
+            short_sites(&[
+                "shipper/src/leaklab.rs:88:17",
+                "shipper/src/leaklab.rs:90:5",
+                "axum-0.8.9/src/serve/mod.rs:276:9",
+                "shipper/src/sink/mod.rs:40:5",
+                "a/src/mod.rs:1:1",
+                "b/src/mod.rs:1:1",
+                "<unknown>",
+            ]),
+            [
+                "leaklab.rs:88:17",
+                "leaklab.rs:90:5",
+                "serve/mod.rs:276:9",
+                "sink/mod.rs:40:5",
+                "a/src/mod.rs:1:1",
+                "b/src/mod.rs:1:1",
+                "<unknown>",
+            ]
         );
         assert_eq!(cell("a|b"), "a\\|b");
     }

@@ -70,6 +70,7 @@ impl CpuProfile {
         let period = self.period_ns();
         let mut builder = ProfileBuilder::new(&[("samples", "count"), ("cpu", "nanoseconds")])
             .period("cpu", "nanoseconds", period)
+            .main_binary(&crate::pprof::current_binary())
             .timing(
                 self.started_ns,
                 i64::try_from(self.duration.as_nanos()).unwrap_or(i64::MAX),

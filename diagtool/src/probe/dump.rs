@@ -324,6 +324,7 @@ fn pprof_frame(text: &str) -> Frame {
 /// count (`tasks/count`), with the spawn site as the root frame so `go tool pprof` splits by site.
 pub fn to_pprof(dump: &Dump) -> Vec<u8> {
     let mut builder = ProfileBuilder::new(&[("tasks", "count")])
+        .main_binary(&crate::pprof::current_binary())
         .timing((dump.taken_at_ms as i64).saturating_mul(1_000_000), 0);
     for group in &dump.groups {
         let mut stack = vec![Frame::named(format!("spawned at {}", group.site))];
@@ -511,6 +512,12 @@ mod tests {
             tasks,
         };
         let profile = crate::pprof::decode(&to_pprof(&dump)).expect("decodes");
+        // The main binary is named (so `go tool pprof` neither warns nor re-symbolizes), and every
+        // location points at it.
+        let binary = &profile.string_table[profile.mapping[0].filename as usize];
+        assert_eq!(*binary, crate::pprof::current_binary());
+        assert!(profile.mapping[0].has_functions);
+        assert!(profile.location.iter().all(|l| l.mapping_id == 1));
         assert_eq!(
             crate::pprof::to_folded(&profile),
             "spawned at a.rs:1:1;f;g 2\nspawned at b.rs:2:2;h 1\n"
