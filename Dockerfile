@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # The shipper and diagtool in a slim runtime image. Built in two stages: the toolchain image compiles
-# (release, with line tables so CPU profiles and task dumps stay readable), the runtime image only
-# carries the two binaries, CA certificates and curl for the health check.
+# (release, with line tables, and full debug info for our own crates, so CPU profiles and task
+# dumps stay readable: do not strip the binaries), the runtime image only carries the two
+# binaries, CA certificates and curl for the health check.
 # Not built in CI here (no Docker engine on the CI machine); see docs/containers.md.
 
 FROM rust:1-bookworm AS build
