@@ -308,8 +308,15 @@ async fn tasks(
     }
 }
 
+/// Dumps the probe's host runtime (set by [`super::DebugServer`]), else the one serving the request.
 async fn take_dump(probe: &Probe, timeout: Duration) -> Result<crate::model::Dump, ApiError> {
-    let handle = tokio::runtime::Handle::current();
+    let Some(handle) = probe.host() else {
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "no_runtime",
+            "no tokio runtime to dump: serve the router on one, or set the probe's host runtime",
+        ));
+    };
     Ok(probe.dumper().dump(&handle, timeout).await?)
 }
 
