@@ -529,6 +529,98 @@ mod tests {
         });
     }
 
+    /// Threads of this process whose name (`comm`) is `name`.
+    fn threads_named(name: &str) -> usize {
+        std::fs::read_dir("/proc/self/task")
+            .expect("tasks")
+            .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path().join("comm")).ok())
+            .filter(|comm| comm.trim_end() == name)
+            .count()
+    }
+
+    #[test]
+    fn a_blocked_runtime_times_out_from_another_runtime_with_one_trace_pending() {
+        const CALLER: &str = "dump-t-caller";
+        let host = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        // Every worker blocked in a synchronous wait, released by the test (or after 30 s).
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let mut releases = Vec::new();
+        for _ in 0..2 {
+            let (release, released) = std::sync::mpsc::channel::<()>();
+            releases.push(release);
+            let started_tx = started_tx.clone();
+            host.spawn(async move {
+                let _ = started_tx.send(());
+                let _ = released.recv_timeout(Duration::from_secs(30));
+            });
+        }
+        for _ in 0..2 {
+            started
+                .recv_timeout(Duration::from_secs(10))
+                .expect("blocker started");
+        }
+        let dumper = Dumper::new(TaskRegistry::new());
+        let handle = host.handle().clone();
+        // tokio traces on an unnamed thread, which inherits its creator's name: the caller's.
+        let (to_caller, caller_rx) = std::sync::mpsc::channel::<Duration>();
+        let (from_caller, answers) = std::sync::mpsc::channel();
+        let caller = std::thread::Builder::new()
+            .name(CALLER.to_owned())
+            .spawn(move || {
+                let own = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("caller runtime");
+                while let Ok(timeout) = caller_rx.recv() {
+                    let started = std::time::Instant::now();
+                    let result = own.block_on(dumper.dump(&handle, timeout));
+                    let _ = from_caller.send((result.map(|d| d.schema), started.elapsed()));
+                }
+            })
+            .expect("caller thread");
+        let ask = |timeout| {
+            to_caller.send(timeout).expect("ask");
+            answers
+                .recv_timeout(Duration::from_secs(30))
+                .expect("the caller answers, whatever the host does")
+        };
+        for _ in 0..2 {
+            let (result, took) = ask(Duration::from_millis(200));
+            assert!(matches!(result, Err(DumpError::Timeout(_))), "{result:?}");
+            assert!(took < Duration::from_secs(10), "503 took {took:?}");
+            // The caller and one trace thread: the second request did not start another.
+            assert_eq!(threads_named(CALLER), 2);
+        }
+        for release in &releases {
+            release.send(()).expect("release");
+        }
+        // Freed, the runtime is traced again (tokio's barrier may need a round or two).
+        let mut answer = None;
+        for _ in 0..10 {
+            if let (Ok(schema), _) = ask(Duration::from_secs(3)) {
+                answer = Some(schema);
+                break;
+            }
+        }
+        assert_eq!(answer.as_deref(), Some(DUMP_SCHEMA));
+        drop(to_caller);
+        caller.join().expect("caller");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while threads_named(CALLER) != 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a trace thread stayed"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // A worker tokio left in its dump barrier would hold a plain drop forever.
+        host.shutdown_timeout(Duration::from_secs(2));
+    }
+
     #[test]
     fn trace_keys_match_for_equal_text_only() {
         // Unresolved traces print as their addresses; any Debug value stands in for them.

@@ -288,15 +288,18 @@ mod tests {
         assert_eq!(registry.totals().spawned, 0);
 
         server.stop(Duration::from_secs(5)).expect("clean stop");
-        assert!(std::net::TcpStream::connect(addr).is_err(), "still listening");
+        assert!(
+            std::net::TcpStream::connect(addr).is_err(),
+            "still listening"
+        );
     }
 
     #[test]
     fn a_non_loopback_listener_without_token_is_refused_before_any_thread() {
         let (runtime, probe) = host(1);
         let listener = std::net::TcpListener::bind("0.0.0.0:0").expect("bind");
-        let err = DebugServer::start(probe, listener, runtime.handle().clone())
-            .expect_err("refused");
+        let err =
+            DebugServer::start(probe, listener, runtime.handle().clone()).expect_err("refused");
         assert!(matches!(err, ProbeError::InsecureBind(_)), "{err}");
     }
 
@@ -328,6 +331,9 @@ mod tests {
             .expect("in time")
             .expect("clean stop");
         });
-        assert!(std::net::TcpStream::connect(addr).is_err(), "still listening");
+        assert!(
+            std::net::TcpStream::connect(addr).is_err(),
+            "still listening"
+        );
     }
 }
