@@ -284,6 +284,51 @@ fn blocking_get(addr: std::net::SocketAddr, path: &str) -> (u16, String, Duratio
     (status, body, started.elapsed())
 }
 
+/// Tasks blocking every worker of a runtime in a synchronous wait (a `std` channel), until
+/// released, or for 30 s at most so a failing test still ends.
+struct Blockers {
+    releases: Vec<std::sync::mpsc::Sender<()>>,
+    ended: std::sync::mpsc::Receiver<()>,
+}
+
+impl Blockers {
+    /// Spawns `workers` blockers named `blocker` and returns once each holds a worker: a task
+    /// runs on one worker at a time, so once all have started, no worker is free.
+    fn occupy(rt: &tokio::runtime::Runtime, workers: usize) -> Self {
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let (ended_tx, ended) = std::sync::mpsc::channel();
+        let mut releases = Vec::new();
+        for _ in 0..workers {
+            let (release, released) = std::sync::mpsc::channel::<()>();
+            releases.push(release);
+            let (started_tx, ended_tx) = (started_tx.clone(), ended_tx.clone());
+            let _detached = spawn_named_on(rt.handle(), "blocker", async move {
+                let _ = started_tx.send(());
+                let _ = released.recv_timeout(Duration::from_secs(30));
+                let _ = ended_tx.send(());
+            });
+        }
+        for _ in 0..workers {
+            started
+                .recv_timeout(Duration::from_secs(10))
+                .expect("blocker started");
+        }
+        Blockers { releases, ended }
+    }
+
+    /// Releases every blocker and waits (bounded) until each has returned.
+    fn release(self) {
+        for release in &self.releases {
+            release.send(()).expect("release");
+        }
+        for _ in 0..self.releases.len() {
+            self.ended
+                .recv_timeout(Duration::from_secs(10))
+                .expect("blocker ended");
+        }
+    }
+}
+
 /// Every worker of the host is blocked in a synchronous wait: the debug server, on its own
 /// thread, still answers a dump with 503 in time and a snapshot with 200. Then the workers are
 /// freed and dumps work again.
@@ -297,26 +342,7 @@ fn dump_of_a_blocked_runtime_times_out_with_503() {
     let server = DebugServer::start(probe, listener, rt.handle().clone()).expect("start");
     let addr = server.addr();
 
-    let (started_tx, started) = std::sync::mpsc::channel();
-    let (ended_tx, ended) = std::sync::mpsc::channel();
-    let mut releases = Vec::new();
-    for _ in 0..WORKERS {
-        let (release, released) = std::sync::mpsc::channel::<()>();
-        releases.push(release);
-        let (started_tx, ended_tx) = (started_tx.clone(), ended_tx.clone());
-        // A task blocking its worker until released (or 30 s, so the test stops by itself).
-        let _detached = spawn_named_on(rt.handle(), "blocker", async move {
-            let _ = started_tx.send(());
-            let _ = released.recv_timeout(Duration::from_secs(30));
-            let _ = ended_tx.send(());
-        });
-    }
-    // Each blocker holds a worker while it waits, so once all have started, none is free.
-    for _ in 0..WORKERS {
-        started
-            .recv_timeout(Duration::from_secs(10))
-            .expect("blocker started");
-    }
+    let blockers = Blockers::occupy(&rt, WORKERS);
     let (unpark, parked_rx) = tokio::sync::watch::channel(false);
     let parked = spawn_named_on(rt.handle(), "parked", wait_for_release(parked_rx));
     let spawned_before = registry.totals().spawned;
@@ -337,24 +363,17 @@ fn dump_of_a_blocked_runtime_times_out_with_503() {
     let (status, body, _) = blocking_get(addr, "/debug/tasks");
     assert_eq!(status, 200, "{body}");
     let snap = Snapshot::from_json(&body).expect("snapshot");
-    let blockers = snap
+    let blocker_site = snap
         .sites
         .iter()
         .find(|site| site.names.contains(&"blocker".to_owned()))
         .unwrap_or_else(|| panic!("no blocker site: {snap:?}"));
-    assert_eq!(blockers.live, WORKERS as u64);
+    assert_eq!(blocker_site.live, WORKERS as u64);
     assert_eq!(snap.runtime.workers, WORKERS as u64, "the host's figures");
     let (status, _, _) = blocking_get(addr, "/debug/pprof/tasks?debug=1&timeout_ms=100");
     assert_eq!(status, 503, "the pending trace is waited for, not doubled");
 
-    for release in &releases {
-        release.send(()).expect("release");
-    }
-    for _ in 0..WORKERS {
-        ended
-            .recv_timeout(Duration::from_secs(10))
-            .expect("blocker ended");
-    }
+    blockers.release();
     // Freed, the host is traced again (tokio's dump barrier may take a round or two).
     let mut dumped = None;
     for _ in 0..10 {
@@ -389,6 +408,40 @@ fn dump_of_a_blocked_runtime_times_out_with_503() {
             .expect("join");
     });
     // A worker tokio left in its dump barrier would hold a plain drop forever.
+    rt.shutdown_timeout(Duration::from_secs(2));
+}
+
+/// A dump waiting on a stuck runtime ends as soon as the server stops (503), instead of
+/// holding the shutdown for up to its `timeout_ms`.
+#[test]
+fn a_dump_in_flight_ends_when_the_server_stops() {
+    let (rt, probe) = probe_runtime(None);
+    let blockers = Blockers::occupy(&rt, 2);
+    let stop = CancellationToken::new();
+    let app = router(probe.with_host(rt.handle().clone()).with_stop(stop.clone()));
+    // The request runs here, off the blocked runtime.
+    let own = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    own.block_on(async {
+        let mut request = std::pin::pin!(get(&app, "/debug/tasks/dump?timeout_ms=60000", None));
+        // One poll runs the request into the dump, which waits for the blocked workers.
+        let first = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(std::future::Future::poll(request.as_mut(), cx))
+        })
+        .await;
+        assert!(first.is_pending(), "a blocked runtime cannot be dumped");
+        let started = Instant::now();
+        stop.cancel();
+        let (status, _, body) = tokio::time::timeout(Duration::from_secs(10), request)
+            .await
+            .expect("the dump ends on stop");
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(error_of(&body).contains("stopping"), "{body:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    });
+    blockers.release();
     rt.shutdown_timeout(Duration::from_secs(2));
 }
 

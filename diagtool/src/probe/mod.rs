@@ -126,13 +126,22 @@ pub enum ProbeError {
         #[source]
         source: std::io::Error,
     },
-    /// The debug server's thread did not end cleanly ([`DebugServer::stop`]).
-    #[error("the debug server on {addr} did not stop cleanly: {reason}")]
-    Stop {
+    /// The debug server's thread was still running when [`DebugServer::stop`] stopped waiting;
+    /// it is left to end on its own.
+    #[error(
+        "the debug server on {addr} was still running {waited:?} after it was told to stop; its thread is left to end on its own"
+    )]
+    StopTimeout {
         /// The address it served.
         addr: SocketAddr,
-        /// What happened: it outlived the wait, or its thread panicked.
-        reason: String,
+        /// How long the stop waited.
+        waited: Duration,
+    },
+    /// The debug server's thread panicked (a bug: please report it with the log).
+    #[error("the debug server on {addr} panicked; /debug was not served since")]
+    Panicked {
+        /// The address it served.
+        addr: SocketAddr,
     },
 }
 

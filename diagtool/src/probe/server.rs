@@ -17,8 +17,11 @@
 //!   request (symbolising a dump, sampling a CPU profile) all stay on the debug runtime;
 //! - the loopback-or-token rule ([`check_bind`]) is checked on the bound address before the
 //!   thread starts;
-//! - [`DebugServer::stop`] (or [`DebugServer::shutdown`]) cancels and joins the thread within a
-//!   bounded wait; dropping the server only cancels it, and the thread ends on its own.
+//! - a stop ends every request early (dumps, CPU profiles), gives open connections
+//!   [`CONNECTION_GRACE`] and the debug runtime's blocking work a short grace, so the thread ends
+//!   within about a second; [`DebugServer::stop`] (or [`DebugServer::shutdown`]) cancels and
+//!   joins it within a bounded wait; dropping the server only cancels it, and the thread ends on
+//!   its own.
 
 use std::net::SocketAddr;
 use std::sync::mpsc;
@@ -36,9 +39,32 @@ pub const BLOCKING_THREAD_NAME: &str = "diag-debug-blk";
 /// Blocking threads of the debug runtime: one CPU profile (one at a time in the whole process)
 /// and one dump being symbolised can run side by side; more work queues.
 pub const BLOCKING_THREADS: usize = 2;
+/// After a stop, how long open connections get to finish before they are closed.
+pub const CONNECTION_GRACE: Duration = Duration::from_millis(500);
 /// After the server stopped, how long the debug runtime's blocking work (a dump being
 /// symbolised) gets before the thread ends without it.
-const RUNTIME_GRACE: Duration = Duration::from_secs(1);
+const RUNTIME_GRACE: Duration = Duration::from_millis(500);
+
+/// [`serve_on`], whose connections get [`CONNECTION_GRACE`] after the stop to finish: requests
+/// end early on a stop, but a client that does not read its answer could hold a connection open.
+async fn serve_bounded(
+    probe: Probe,
+    listener: tokio::net::TcpListener,
+    stop: CancellationToken,
+) -> Result<(), ProbeError> {
+    let serving = serve_on(probe, listener, stop.clone());
+    let grace = async {
+        stop.cancelled().await;
+        tokio::time::sleep(CONNECTION_GRACE).await;
+    };
+    tokio::select! {
+        served = serving => served,
+        () = grace => {
+            tracing::warn!(grace = ?CONNECTION_GRACE, "debug connections still open after the stop: closing them");
+            Ok(())
+        }
+    }
+}
 
 /// `/debug/*` served off the service's runtime: an OS thread named [`THREAD_NAME`] running a
 /// current-thread runtime of its own (see the module docs for why).
@@ -62,8 +88,9 @@ pub struct DebugServer {
     stop: CancellationToken,
     /// Cancelled when the thread ends, however it ends (for [`DebugServer::shutdown`]).
     finished: CancellationToken,
-    /// Disconnects when the thread ends, however it ends (for [`DebugServer::stop`]).
-    ended: Option<mpsc::Receiver<()>>,
+    /// Disconnects when the thread ends, however it ends (for [`DebugServer::stop`]). In a mutex
+    /// only so the server is `Sync` (a task may await [`DebugServer::ended`]); never contended.
+    ended: std::sync::Mutex<mpsc::Receiver<()>>,
     thread: Option<std::thread::JoinHandle<Result<(), ProbeError>>>,
 }
 
@@ -139,8 +166,8 @@ impl DebugServer {
             .name(THREAD_NAME.to_owned())
             .spawn(move || {
                 let _signal = signal;
-                let served = runtime.block_on(serve_on(probe, listener, serving));
-                // Requests have finished; a dump still being symbolised gets a short grace.
+                let served = runtime.block_on(serve_bounded(probe, listener, serving));
+                // Requests have ended; a dump still being symbolised gets a short grace.
                 runtime.shutdown_timeout(RUNTIME_GRACE);
                 if let Err(err) = &served {
                     tracing::error!(error = %err, "the debug server stopped on an error");
@@ -156,7 +183,7 @@ impl DebugServer {
             addr,
             stop,
             finished,
-            ended: Some(ended),
+            ended: std::sync::Mutex::new(ended),
             thread: Some(thread),
         })
     }
@@ -171,17 +198,25 @@ impl DebugServer {
         self.finished.is_cancelled()
     }
 
-    /// Stops serving (requests in flight finish; a CPU profile ends early) and joins the thread,
-    /// waiting at most `wait`. Blocks the calling thread: from async code use
-    /// [`DebugServer::shutdown`]. Past `wait` the thread is left to end on its own and this
-    /// returns [`ProbeError::Stop`].
+    /// Resolves when the server's thread has ended: after a stop, or by itself on an error (which
+    /// [`DebugServer::shutdown`] then returns). For a supervisor watching it.
+    pub async fn ended(&self) {
+        self.finished.cancelled().await;
+    }
+
+    /// Stops serving (dumps and CPU profiles in flight end early, open connections get
+    /// [`CONNECTION_GRACE`]) and joins the thread, waiting at most `wait`. Blocks the calling
+    /// thread: from async code use [`DebugServer::shutdown`]. Past `wait` the thread is left to
+    /// end on its own and this returns [`ProbeError::StopTimeout`].
     pub fn stop(mut self, wait: Duration) -> Result<(), ProbeError> {
         self.stop.cancel();
-        if let Some(ended) = self.ended.take() {
-            // The sender never sends: the receive returns when the thread drops it, at its end.
-            if let Err(mpsc::RecvTimeoutError::Timeout) = ended.recv_timeout(wait) {
-                return Err(self.outlived(wait));
-            }
+        let ended = self
+            .ended
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // The sender never sends: the receive returns when the thread drops it, at its end.
+        if let Err(mpsc::RecvTimeoutError::Timeout) = ended.recv_timeout(wait) {
+            return Err(self.outlived(wait));
         }
         self.join()
     }
@@ -199,12 +234,10 @@ impl DebugServer {
         self.join()
     }
 
-    fn outlived(&self, wait: Duration) -> ProbeError {
-        ProbeError::Stop {
+    fn outlived(&self, waited: Duration) -> ProbeError {
+        ProbeError::StopTimeout {
             addr: self.addr,
-            reason: format!(
-                "its thread was still running after {wait:?} and is left to end on its own"
-            ),
+            waited,
         }
     }
 
@@ -213,10 +246,7 @@ impl DebugServer {
         match self.thread.take().map(std::thread::JoinHandle::join) {
             None => Ok(()),
             Some(Ok(served)) => served,
-            Some(Err(_)) => Err(ProbeError::Stop {
-                addr: self.addr,
-                reason: "its thread panicked".to_owned(),
-            }),
+            Some(Err(_)) => Err(ProbeError::Panicked { addr: self.addr }),
         }
     }
 }
@@ -275,7 +305,15 @@ mod tests {
                 .filter(|comm| comm.trim_end() == name)
                 .count()
         };
-        assert!(threads(THREAD_NAME) >= 1);
+        // The new thread names itself as it starts: wait for it, bounded.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while threads(THREAD_NAME) == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {THREAD_NAME} thread"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let response = get(addr, "/debug/tasks");
         assert!(response.starts_with("HTTP/1.1 200"), "{response}");
         let body = response.split("\r\n\r\n").nth(1).expect("body");
@@ -315,6 +353,25 @@ mod tests {
         let err = DebugServer::bind(probe, runtime.handle().clone()).expect_err("taken");
         assert!(matches!(err, ProbeError::Io { .. }), "{err}");
         assert!(err.to_string().contains(&addr.to_string()), "{err}");
+    }
+
+    #[test]
+    fn a_client_holding_its_connection_cannot_hold_up_the_stop() {
+        let (runtime, probe) = host(1);
+        let server = DebugServer::bind(probe, runtime.handle().clone()).expect("start");
+        // Half a request, never finished: the connection stays open and busy.
+        let mut stream = std::net::TcpStream::connect(server.addr()).expect("connect");
+        stream
+            .write_all(b"GET /debug/tasks HTTP/1.1\r\nHo")
+            .expect("write");
+        let started = std::time::Instant::now();
+        server.stop(Duration::from_secs(10)).expect("clean stop");
+        let took = started.elapsed();
+        assert!(
+            took < CONNECTION_GRACE + RUNTIME_GRACE + Duration::from_secs(3),
+            "stop took {took:?}"
+        );
+        drop(stream);
     }
 
     #[test]
