@@ -120,24 +120,32 @@ pub async fn run_with(
         metrics: metrics.clone(),
         probe: probe.clone(),
     };
+    // Both ports are bound before any task starts, so a taken port leaves nothing running.
+    let debug_server = match &probe {
+        Some(probe) => {
+            let addr = config.server.debug_addr;
+            let listener = std::net::TcpListener::bind(addr)
+                .with_context(|| format!("cannot listen on {addr} (server.debug_addr)"))?;
+            // `/debug` runs on a thread and runtime of its own, holding only this runtime's
+            // handle: when this runtime's workers are stuck, dumps still answer 503 in time and
+            // snapshots still answer. The `debug-server` task below owns it, and stops and joins
+            // it with the other servers.
+            let debug_server = diagtool::probe::DebugServer::start(
+                probe.clone(),
+                listener,
+                tokio::runtime::Handle::current(),
+            )
+            .with_context(|| format!("cannot serve /debug on {addr} (server.debug_addr)"))?;
+            tracing::info!(addr = %debug_server.addr(), "debug port listening");
+            Some(debug_server)
+        }
+        None => None,
+    };
     sup.spawn(
         "server",
         server::serve(listener, state, server_stop.clone()),
     );
-    if let Some(probe) = &probe {
-        let addr = config.server.debug_addr;
-        let listener = std::net::TcpListener::bind(addr)
-            .with_context(|| format!("cannot listen on {addr} (server.debug_addr)"))?;
-        // `/debug` runs on a thread and runtime of its own, holding only this runtime's handle:
-        // when this runtime's workers are stuck, dumps still answer 503 in time and snapshots
-        // still answer. This task only owns it: it stops and joins it with the other servers.
-        let debug_server = diagtool::probe::DebugServer::start(
-            probe.clone(),
-            listener,
-            tokio::runtime::Handle::current(),
-        )
-        .with_context(|| format!("cannot serve /debug on {addr} (server.debug_addr)"))?;
-        tracing::info!(addr = %debug_server.addr(), "debug port listening");
+    if let (Some(probe), Some(debug_server)) = (&probe, debug_server) {
         let stop = server_stop.clone();
         sup.spawn("debug-server", async move {
             tokio::select! {

@@ -347,6 +347,43 @@ fn the_whole_shipper_with_its_debug_server_leaves_no_tasks_nor_thread() {
     });
 }
 
+/// A taken debug port fails the start with the key to fix, and nothing started is left behind.
+#[test]
+fn a_taken_debug_port_fails_naming_its_key_and_leaves_nothing() {
+    let (rt, registry) = test_runtime().unwrap();
+    let probe = diagtool::probe::Probe::builder("shipper")
+        .addr("127.0.0.1:0".parse().unwrap())
+        .with_registry(registry.clone())
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = file_config(dir.path());
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    config.server.debug_addr = taken.local_addr().unwrap();
+    rt.block_on(async {
+        let guard = LeakGuard::new(&registry);
+        let diagnostics = shipper::Diagnostics {
+            probe: Some(probe),
+            ..Default::default()
+        };
+        let err = tokio::time::timeout(
+            LIMIT,
+            shipper::run_with(config.clone(), diagnostics, std::future::pending()),
+        )
+        .await
+        .unwrap()
+        .expect_err("the port is taken");
+        let text = format!("{err:#}");
+        assert!(
+            text.contains(&format!(
+                "cannot listen on {} (server.debug_addr)",
+                config.server.debug_addr
+            )),
+            "{text}"
+        );
+        guard.assert_clean().await;
+    });
+}
+
 #[test]
 fn a_component_that_ignores_its_stop_is_reported_with_its_site() {
     let (rt, registry) = test_runtime().unwrap();
