@@ -147,11 +147,19 @@ impl DebugServer {
                 what: "runtime",
                 source,
             })?;
+        // Error paths below shut the runtime down in the background: the caller may be on an
+        // async runtime, where dropping one panics (its drop waits for its blocking threads).
         let listener = {
             // Registers the socket with the debug runtime's reactor, not the caller's.
             let _entered = runtime.enter();
             tokio::net::TcpListener::from_std(listener)
-                .map_err(|source| ProbeError::Io { addr, source })?
+        };
+        let listener = match listener {
+            Ok(listener) => listener,
+            Err(source) => {
+                runtime.shutdown_background();
+                return Err(ProbeError::Io { addr, source });
+            }
         };
         let probe = probe.with_host(host);
         let stop = CancellationToken::new();
@@ -162,10 +170,16 @@ impl DebugServer {
             _ended: ended_tx,
         };
         let serving = stop.clone();
-        let thread = std::thread::Builder::new()
+        // The runtime is handed over once the thread exists, so a failed spawn leaves it here.
+        let (hand_over, handed) =
+            mpsc::sync_channel::<(tokio::runtime::Runtime, tokio::net::TcpListener)>(1);
+        let spawned = std::thread::Builder::new()
             .name(THREAD_NAME.to_owned())
             .spawn(move || {
                 let _signal = signal;
+                let Ok((runtime, listener)) = handed.recv() else {
+                    return Ok(());
+                };
                 let served = runtime.block_on(serve_bounded(probe, listener, serving));
                 // Requests have ended; a dump still being symbolised gets a short grace.
                 runtime.shutdown_timeout(RUNTIME_GRACE);
@@ -173,12 +187,23 @@ impl DebugServer {
                     tracing::error!(error = %err, "the debug server stopped on an error");
                 }
                 served
-            })
-            .map_err(|source| ProbeError::Start {
-                addr,
-                what: "thread",
-                source,
-            })?;
+            });
+        let thread = match spawned {
+            Ok(thread) => thread,
+            Err(source) => {
+                runtime.shutdown_background();
+                return Err(ProbeError::Start {
+                    addr,
+                    what: "thread",
+                    source,
+                });
+            }
+        };
+        if let Err(mpsc::SendError((runtime, _))) = hand_over.send((runtime, listener)) {
+            // The thread can only be gone if it panicked before receiving: report it as such.
+            runtime.shutdown_background();
+            return Err(ProbeError::Panicked { addr });
+        }
         Ok(DebugServer {
             addr,
             stop,
