@@ -622,6 +622,40 @@ mod tests {
     }
 
     #[test]
+    fn a_current_thread_runtime_is_dumped_from_another_runtime() {
+        let host = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("host");
+        let handle = host.handle().clone();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let parked = handle.spawn(async move {
+            let _ = released.await;
+        });
+        let parked_id = task_id_u64(parked.id());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let driver = std::thread::spawn(move || {
+            host.block_on(async {
+                let _ = stopped.await;
+            });
+        });
+        let own = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("caller runtime");
+        let dump = own
+            .block_on(Dumper::new(TaskRegistry::new()).dump(&handle, Duration::from_secs(10)))
+            .expect("dumped from outside");
+        assert!(
+            dump.tasks.iter().any(|task| task.id == parked_id),
+            "{dump:?}"
+        );
+        release.send(()).expect("release");
+        stop.send(()).expect("stop");
+        driver.join().expect("driver");
+    }
+
+    #[test]
     fn trace_keys_match_for_equal_text_only() {
         // Unresolved traces print as their addresses; any Debug value stands in for them.
         assert_eq!(trace_key(&[1, 2]), trace_key(&[1, 2]));
