@@ -8,7 +8,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode, header};
 use diagtool::model::{Dump, Snapshot};
-use diagtool::probe::{Probe, ProbeError, router, spawn_named};
+use diagtool::probe::{DebugServer, Probe, ProbeError, router, spawn_named, spawn_named_on};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -255,40 +255,194 @@ fn dumps_join_tasks_to_sites_in_every_format() {
     });
 }
 
+/// A blocking HTTP/1.1 GET from a plain thread (the host runtime may be stuck): the status code,
+/// the body and how long it took. Bounded by a read timeout.
+fn blocking_get(addr: std::net::SocketAddr, path: &str) -> (u16, String, Duration) {
+    use std::io::{Read, Write};
+    let started = Instant::now();
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("read timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("an answer in time");
+    let status = response
+        .get(9..12)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not HTTP: {response}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body, started.elapsed())
+}
+
+/// Tasks blocking every worker of a runtime in a synchronous wait (a `std` channel), until
+/// released, or for 30 s at most so a failing test still ends.
+struct Blockers {
+    releases: Vec<std::sync::mpsc::Sender<()>>,
+    ended: std::sync::mpsc::Receiver<()>,
+}
+
+impl Blockers {
+    /// Spawns `workers` blockers named `blocker` and returns once each holds a worker: a task
+    /// runs on one worker at a time, so once all have started, no worker is free.
+    fn occupy(rt: &tokio::runtime::Runtime, workers: usize) -> Self {
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let (ended_tx, ended) = std::sync::mpsc::channel();
+        let mut releases = Vec::new();
+        for _ in 0..workers {
+            let (release, released) = std::sync::mpsc::channel::<()>();
+            releases.push(release);
+            let (started_tx, ended_tx) = (started_tx.clone(), ended_tx.clone());
+            let _detached = spawn_named_on(rt.handle(), "blocker", async move {
+                let _ = started_tx.send(());
+                let _ = released.recv_timeout(Duration::from_secs(30));
+                let _ = ended_tx.send(());
+            });
+        }
+        for _ in 0..workers {
+            started
+                .recv_timeout(Duration::from_secs(10))
+                .expect("blocker started");
+        }
+        Blockers { releases, ended }
+    }
+
+    /// Releases every blocker and waits (bounded) until each has returned.
+    fn release(self) {
+        for release in &self.releases {
+            release.send(()).expect("release");
+        }
+        for _ in 0..self.releases.len() {
+            self.ended
+                .recv_timeout(Duration::from_secs(10))
+                .expect("blocker ended");
+        }
+    }
+}
+
+/// Every worker of the host is blocked in a synchronous wait: the debug server, on its own
+/// thread, still answers a dump with 503 in time and a snapshot with 200. Then the workers are
+/// freed and dumps work again.
 #[test]
-#[ignore = "tokio 1.54.1 can leave a worker in the task-dump barrier after a timed-out dump (seen \
-            here: one worker waits at the barrier for a peer that never arrives), which hangs this test \
-            under load; run it by hand with --ignored until the probe serves /debug off the runtime"]
 fn dump_of_a_blocked_runtime_times_out_with_503() {
+    const WORKERS: usize = 2;
+    const TIMEOUT_MS: u64 = 300;
     let (rt, probe) = probe_runtime(None);
-    let app = router(probe);
+    let registry = probe.registry().clone();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let server = DebugServer::start(probe, listener, rt.handle().clone()).expect("start");
+    let addr = server.addr();
+
+    let blockers = Blockers::occupy(&rt, WORKERS);
+    let (unpark, parked_rx) = tokio::sync::watch::channel(false);
+    let parked = spawn_named_on(rt.handle(), "parked", wait_for_release(parked_rx));
+    let spawned_before = registry.totals().spawned;
+
+    let (status, body, took) =
+        blocking_get(addr, &format!("/debug/tasks/dump?timeout_ms={TIMEOUT_MS}"));
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        error_of(body.as_bytes()).contains("could not be traced within"),
+        "{body}"
+    );
+    // The timeout plus slack for a loaded machine; without its own runtime it never came at all.
+    assert!(
+        took < Duration::from_millis(TIMEOUT_MS) + Duration::from_secs(5),
+        "503 took {took:?}"
+    );
+
+    let (status, body, _) = blocking_get(addr, "/debug/tasks");
+    assert_eq!(status, 200, "{body}");
+    let snap = Snapshot::from_json(&body).expect("snapshot");
+    let blocker_site = snap
+        .sites
+        .iter()
+        .find(|site| site.names.contains(&"blocker".to_owned()))
+        .unwrap_or_else(|| panic!("no blocker site: {snap:?}"));
+    assert_eq!(blocker_site.live, WORKERS as u64);
+    assert_eq!(snap.runtime.workers, WORKERS as u64, "the host's figures");
+    let (status, _, _) = blocking_get(addr, "/debug/pprof/tasks?debug=1&timeout_ms=100");
+    assert_eq!(status, 503, "the pending trace is waited for, not doubled");
+
+    blockers.release();
+    // Freed, the host is traced again (tokio's dump barrier may take a round or two).
+    let mut dumped = None;
+    for _ in 0..10 {
+        let (status, body, _) = blocking_get(addr, "/debug/tasks/dump?timeout_ms=3000");
+        if status == 200 {
+            dumped = Some(Dump::from_json(&body).expect("dump"));
+            break;
+        }
+        assert_eq!(status, 503, "{body}");
+    }
+    let dump = dumped.expect("a dump once the workers are free");
+    // The host's task, and only the host's: the debug runtime's tasks are not in its registry.
+    let parked_task = dump
+        .tasks
+        .iter()
+        .find(|task| task.name.as_deref() == Some("parked"))
+        .unwrap_or_else(|| panic!("the parked task is not in the dump: {dump:#?}"));
+    assert!(parked_task.site.starts_with("diagtool/tests/router.rs:"));
+    assert!(
+        dump.tasks.iter().all(|task| task.site != "<unknown>"),
+        "{dump:#?}"
+    );
+    // The debug server's own tasks (connections, timers) never reached the host's registry.
+    assert_eq!(registry.totals().spawned, spawned_before);
+
+    server.stop(Duration::from_secs(10)).expect("server joined");
+    unpark.send(true).expect("unpark");
     rt.block_on(async {
-        // Block one worker, so the runtime cannot be traced until it returns (the other worker
-        // keeps driving timers: with every worker blocked, no runtime timeout could fire).
-        let (started_tx, mut started_rx) = tokio::sync::mpsc::channel(2);
-        let blockers: Vec<_> = (0..1)
-            .map(|_| {
-                let started = started_tx.clone();
-                tokio::spawn(async move {
-                    let _ = started.send(()).await;
-                    std::thread::sleep(Duration::from_millis(1500));
-                })
-            })
-            .collect();
-        for _ in 0..1 {
-            started_rx.recv().await.expect("blocker started");
-        }
-        let (status, _, body) = get(&app, "/debug/tasks/dump?timeout_ms=200", None).await;
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-        assert!(error_of(&body).contains("could not be traced within"));
-        for blocker in blockers {
-            blocker.await.expect("join");
-        }
-        // Once the worker is free again, dumps work again (and the abandoned trace is finished,
-        // which a clean runtime shutdown needs).
-        let (status, _, _) = get(&app, "/debug/tasks/dump?timeout_ms=10000", None).await;
-        assert_eq!(status, StatusCode::OK);
+        tokio::time::timeout(Duration::from_secs(10), parked)
+            .await
+            .expect("parked task ends")
+            .expect("join");
     });
+    // A worker tokio left in its dump barrier would hold a plain drop forever.
+    rt.shutdown_timeout(Duration::from_secs(2));
+}
+
+/// A dump waiting on a stuck runtime ends as soon as the server stops (503), instead of
+/// holding the shutdown for up to its `timeout_ms`.
+#[test]
+fn a_dump_in_flight_ends_when_the_server_stops() {
+    let (rt, probe) = probe_runtime(None);
+    let blockers = Blockers::occupy(&rt, 2);
+    let stop = CancellationToken::new();
+    let app = router(probe.with_host(rt.handle().clone()).with_stop(stop.clone()));
+    // The request runs here, off the blocked runtime.
+    let own = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    own.block_on(async {
+        let mut request = std::pin::pin!(get(&app, "/debug/tasks/dump?timeout_ms=60000", None));
+        // One poll runs the request into the dump, which waits for the blocked workers.
+        let first = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(std::future::Future::poll(request.as_mut(), cx))
+        })
+        .await;
+        assert!(first.is_pending(), "a blocked runtime cannot be dumped");
+        let started = Instant::now();
+        stop.cancel();
+        let (status, _, body) = tokio::time::timeout(Duration::from_secs(10), request)
+            .await
+            .expect("the dump ends on stop");
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(error_of(&body).contains("stopping"), "{body:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    });
+    blockers.release();
+    rt.shutdown_timeout(Duration::from_secs(2));
 }
 
 /// The CPU profiler is process-wide, so every profiling check lives in this one test.

@@ -39,6 +39,9 @@ const CHUNK_QUEUE: usize = 2;
 const BATCH_QUEUE: usize = 2;
 /// After the deadline, how long components get to write their last positions.
 const HARD_STOP_GRACE: Duration = Duration::from_secs(2);
+/// How long the debug server's thread gets to stop (within [`HARD_STOP_GRACE`]): its requests
+/// end early on stop, so it takes milliseconds unless its thread is itself stuck.
+const DEBUG_STOP_GRACE: Duration = Duration::from_millis(1500);
 
 /// What makes the shipper observable, all optional: the Prometheus recorder's handle (`/metrics`),
 /// the probe installed on the runtime (the debug port, task metrics and task health) and the
@@ -117,21 +120,47 @@ pub async fn run_with(
         metrics: metrics.clone(),
         probe: probe.clone(),
     };
+    // Both ports are bound before any task starts, so a taken port leaves nothing running.
+    let debug_server = match &probe {
+        Some(probe) => {
+            let addr = config.server.debug_addr;
+            let listener = std::net::TcpListener::bind(addr)
+                .with_context(|| format!("cannot listen on {addr} (server.debug_addr)"))?;
+            // `/debug` runs on a thread and runtime of its own, holding only this runtime's
+            // handle: when this runtime's workers are stuck, dumps still answer 503 in time and
+            // snapshots still answer. The `debug-server` task below owns it, and stops and joins
+            // it with the other servers.
+            let debug_server = diagtool::probe::DebugServer::start(
+                probe.clone(),
+                listener,
+                tokio::runtime::Handle::current(),
+            )
+            .with_context(|| format!("cannot serve /debug on {addr} (server.debug_addr)"))?;
+            tracing::info!(addr = %debug_server.addr(), "debug port listening");
+            Some(debug_server)
+        }
+        None => None,
+    };
     sup.spawn(
         "server",
         server::serve(listener, state, server_stop.clone()),
     );
-    if let Some(probe) = &probe {
-        let addr = config.server.debug_addr;
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr} (server.debug_addr)"))?;
-        tracing::info!(addr = %listener.local_addr()?, "debug port listening");
-        let (debug, stop) = (probe.clone(), server_stop.clone());
+    if let (Some(probe), Some(debug_server)) = (&probe, debug_server) {
+        let stop = server_stop.clone();
         sup.spawn("debug-server", async move {
-            diagtool::probe::router::serve_on(debug, listener, stop)
-                .await
-                .map_err(anyhow::Error::from)
+            tokio::select! {
+                () = stop.cancelled() => {}
+                // It never ends by itself but on an error, which the shutdown below returns.
+                () = debug_server.ended() => {}
+            }
+            match debug_server.shutdown(DEBUG_STOP_GRACE).await {
+                // Positions are safe either way: a debug thread slow to stop is no failure.
+                Err(err @ diagtool::probe::ProbeError::StopTimeout { .. }) => {
+                    tracing::error!(error = %err, "the debug server did not stop in time");
+                    Ok(())
+                }
+                ended => ended.map_err(anyhow::Error::from),
+            }
         });
         let growth = TaskGrowth::new(TaskGrowthSettings {
             warn_per_min: config.health.task_growth_warn_per_min,

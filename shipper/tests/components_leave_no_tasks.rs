@@ -293,6 +293,97 @@ fn the_whole_shipper_leaves_no_tasks() {
     });
 }
 
+/// Threads of this process named `name` (`/proc/self/task/*/comm`).
+fn threads_named(name: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim_end() == name)
+        .count()
+}
+
+/// With its probe, the shipper also serves `/debug` from a thread of its own (the only test here
+/// that starts one): the thread is gone when `run_with` returns, and so is every task.
+#[test]
+fn the_whole_shipper_with_its_debug_server_leaves_no_tasks_nor_thread() {
+    let debug_thread = diagtool::probe::server::THREAD_NAME;
+    let (rt, registry) = test_runtime().unwrap();
+    let probe = diagtool::probe::Probe::builder("shipper")
+        .addr("127.0.0.1:0".parse().unwrap())
+        .with_registry(registry.clone())
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+    std::fs::write(dir.path().join("logs/app.log"), "with a debug port\n").unwrap();
+    let config = file_config(dir.path());
+    let out = dir.path().join("data/out.jsonl");
+    rt.block_on(async {
+        let guard = LeakGuard::new(&registry);
+        let (signal_tx, signal_rx) = oneshot::channel::<()>();
+        let diagnostics = shipper::Diagnostics {
+            probe: Some(probe),
+            ..Default::default()
+        };
+        let shipper = tokio::spawn(shipper::run_with(config, diagnostics, async {
+            let _ = signal_rx.await;
+        }));
+        wait_until("the line in the file sink", || {
+            std::fs::read_to_string(&out).is_ok_and(|t| t.contains("with a debug port"))
+        })
+        .await;
+        wait_until("the debug thread", || threads_named(debug_thread) == 1).await;
+        signal_tx.send(()).unwrap();
+        tokio::time::timeout(LIMIT, shipper)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            threads_named(debug_thread),
+            0,
+            "the debug thread outlived run_with"
+        );
+        guard.assert_clean().await;
+    });
+}
+
+/// A taken debug port fails the start with the key to fix, and nothing started is left behind.
+#[test]
+fn a_taken_debug_port_fails_naming_its_key_and_leaves_nothing() {
+    let (rt, registry) = test_runtime().unwrap();
+    let probe = diagtool::probe::Probe::builder("shipper")
+        .addr("127.0.0.1:0".parse().unwrap())
+        .with_registry(registry.clone())
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = file_config(dir.path());
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    config.server.debug_addr = taken.local_addr().unwrap();
+    rt.block_on(async {
+        let guard = LeakGuard::new(&registry);
+        let diagnostics = shipper::Diagnostics {
+            probe: Some(probe),
+            ..Default::default()
+        };
+        let err = tokio::time::timeout(
+            LIMIT,
+            shipper::run_with(config.clone(), diagnostics, std::future::pending()),
+        )
+        .await
+        .unwrap()
+        .expect_err("the port is taken");
+        let text = format!("{err:#}");
+        assert!(
+            text.contains(&format!(
+                "cannot listen on {} (server.debug_addr)",
+                config.server.debug_addr
+            )),
+            "{text}"
+        );
+        guard.assert_clean().await;
+    });
+}
+
 #[test]
 fn a_component_that_ignores_its_stop_is_reported_with_its_site() {
     let (rt, registry) = test_runtime().unwrap();

@@ -8,8 +8,9 @@
 //!
 //! Busy guard: with tokio 1.54.1, `Handle::dump()` can freeze a multi-thread runtime for good
 //! when a worker's run queue is long (one worker spins in `steal_all`, another waits at the trace
-//! barrier; likely tokio issue #7478). No timeout helps then: the timer and the request's own task
-//! run on the frozen workers. So before dumping, [`Dumper::dump`] reads every worker's local queue
+//! barrier; likely tokio issue #7478). A request served off that runtime ([`super::DebugServer`])
+//! still gets its 503, but the service stays frozen; and a request served on it never answers.
+//! So before dumping, [`Dumper::dump`] reads every worker's local queue
 //! depth and the injection queue from `Handle::metrics()`; while the deepest is above
 //! [`MAX_TRACE_QUEUE_DEPTH`] it rechecks every [`BUSY_RECHECK`], at most [`BUSY_CHECKS`] times,
 //! and then refuses with [`DumpError::Busy`] (503, counted as `dump_busy`) rather than risk it.
@@ -77,6 +78,11 @@ pub enum DumpError {
     Resolve(String),
 }
 
+/// A trace asked of tokio and not yet answered: `Handle::dump()`'s future, owned.
+type PendingTrace = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<tokio::runtime::Dump, DumpError>> + Send>,
+>;
+
 /// Takes task dumps of one runtime, one at a time.
 ///
 /// # Examples
@@ -90,10 +96,18 @@ pub enum DumpError {
 /// assert_eq!(dump.schema, "diagtool.dump/v1");
 /// # }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Dumper {
     registry: TaskRegistry,
-    slot: Arc<tokio::sync::Mutex<()>>,
+    /// Held for the whole trace; keeps a trace that outlived its request's timeout (see
+    /// [`Dumper::dump`]).
+    slot: Arc<tokio::sync::Mutex<Option<PendingTrace>>>,
+}
+
+impl std::fmt::Debug for Dumper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dumper").finish_non_exhaustive()
+    }
 }
 
 impl Dumper {
@@ -101,18 +115,33 @@ impl Dumper {
     pub fn new(registry: TaskRegistry) -> Self {
         Dumper {
             registry,
-            slot: Arc::new(tokio::sync::Mutex::new(())),
+            slot: Arc::new(tokio::sync::Mutex::new(None)),
         }
     }
 
-    /// Dumps every task of the runtime behind `handle`. Waiting for a dump already running counts
-    /// against `timeout`, and so does the dump itself; symbolising comes after and is not bounded
-    /// (it only reads this binary's debug info).
+    /// Dumps every task of the runtime behind `handle`, which need not be the runtime this runs
+    /// on: the timeout runs on the caller's runtime, so a caller on a runtime of its own (as
+    /// [`super::DebugServer`] is) gets [`DumpError::Timeout`] in time even when every worker of
+    /// `handle`'s runtime is blocked. Waiting for a dump already running counts against
+    /// `timeout`, and so does the dump itself; symbolising comes after and is not bounded (it
+    /// only reads this binary's debug info).
+    ///
+    /// A trace that times out is not dropped: tokio finishes it on a thread of its own whatever
+    /// happens to the request, and a second `Handle::dump()` beside it would spin on that thread
+    /// until the first ends. So it is kept, and the next request first waits (under its own
+    /// timeout) for it to end, discards its stale result and only then asks for a fresh trace:
+    /// however often a stuck runtime is asked, it has at most one trace pending.
     pub async fn dump(&self, handle: &Handle, timeout: Duration) -> Result<Dump, DumpError> {
         let traced = tokio::time::timeout(timeout, async {
-            let _slot = self.slot.lock().await;
+            let mut slot = self.slot.lock().await;
+            if let Some(abandoned) = slot.as_mut() {
+                let _stale = abandoned.await;
+                *slot = None;
+            }
             wait_until_quiet(handle).await?;
-            Ok(handle.dump().await)
+            let traced = slot.insert(start_trace(handle.clone())).await;
+            *slot = None;
+            traced
         })
         .await
         .map_err(|_| DumpError::Timeout(timeout))??;
@@ -123,9 +152,31 @@ impl Dumper {
             .map(|task| (task.id, task))
             .collect();
         let taken_at_ms = unix_ms();
+        // Symbolising runs on the blocking pool of the runtime serving the request. Under
+        // `DebugServer` that is the debug runtime's own pool: the service's pool stays free for
+        // its own work (the shipper sizes it for its Loki encodings), and the debug thread keeps
+        // answering snapshots while a large dump resolves.
         tokio::task::spawn_blocking(move || build(&traced, &live, taken_at_ms))
             .await
             .map_err(|err| DumpError::Resolve(err.to_string()))
+    }
+}
+
+/// Asks tokio for a trace of the runtime behind `handle`. A multi-thread runtime is traced from
+/// anywhere (tokio does it on a thread of its own). A current-thread runtime can only be traced
+/// from inside itself, so from another runtime the trace runs as a task spawned on it (that
+/// task is counted by the registry and shows in its own dump).
+fn start_trace(handle: Handle) -> PendingTrace {
+    let on_it = Handle::try_current().is_ok_and(|current| current.id() == handle.id());
+    match handle.runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::CurrentThread if !on_it => {
+            let task = handle.spawn(async { Handle::current().dump().await });
+            Box::pin(async move {
+                task.await
+                    .map_err(|err| DumpError::Resolve(format!("the tracing task failed: {err}")))
+            })
+        }
+        _ => Box::pin(async move { Ok(handle.dump().await) }),
     }
 }
 
@@ -477,6 +528,132 @@ mod tests {
                 .expect("a quiet runtime dumps");
             assert_eq!(dump.schema, DUMP_SCHEMA);
         });
+    }
+
+    /// Threads of this process whose name (`comm`) is `name`.
+    fn threads_named(name: &str) -> usize {
+        std::fs::read_dir("/proc/self/task")
+            .expect("tasks")
+            .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path().join("comm")).ok())
+            .filter(|comm| comm.trim_end() == name)
+            .count()
+    }
+
+    #[test]
+    fn a_blocked_runtime_times_out_from_another_runtime_with_one_trace_pending() {
+        const CALLER: &str = "dump-t-caller";
+        let host = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        // Every worker blocked in a synchronous wait, released by the test (or after 30 s).
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let mut releases = Vec::new();
+        for _ in 0..2 {
+            let (release, released) = std::sync::mpsc::channel::<()>();
+            releases.push(release);
+            let started_tx = started_tx.clone();
+            host.spawn(async move {
+                let _ = started_tx.send(());
+                let _ = released.recv_timeout(Duration::from_secs(30));
+            });
+        }
+        for _ in 0..2 {
+            started
+                .recv_timeout(Duration::from_secs(10))
+                .expect("blocker started");
+        }
+        let dumper = Dumper::new(TaskRegistry::new());
+        let handle = host.handle().clone();
+        // tokio traces on an unnamed thread, which inherits its creator's name: the caller's.
+        let (to_caller, caller_rx) = std::sync::mpsc::channel::<Duration>();
+        let (from_caller, answers) = std::sync::mpsc::channel();
+        let caller = std::thread::Builder::new()
+            .name(CALLER.to_owned())
+            .spawn(move || {
+                let own = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("caller runtime");
+                while let Ok(timeout) = caller_rx.recv() {
+                    let started = std::time::Instant::now();
+                    let result = own.block_on(dumper.dump(&handle, timeout));
+                    let _ = from_caller.send((result.map(|d| d.schema), started.elapsed()));
+                }
+            })
+            .expect("caller thread");
+        let ask = |timeout| {
+            to_caller.send(timeout).expect("ask");
+            answers
+                .recv_timeout(Duration::from_secs(30))
+                .expect("the caller answers, whatever the host does")
+        };
+        for _ in 0..2 {
+            let (result, took) = ask(Duration::from_millis(200));
+            assert!(matches!(result, Err(DumpError::Timeout(_))), "{result:?}");
+            assert!(took < Duration::from_secs(10), "503 took {took:?}");
+            // The caller and one trace thread: the second request did not start another.
+            assert_eq!(threads_named(CALLER), 2);
+        }
+        for release in &releases {
+            release.send(()).expect("release");
+        }
+        // Freed, the runtime is traced again (tokio's barrier may need a round or two).
+        let mut answer = None;
+        for _ in 0..10 {
+            if let (Ok(schema), _) = ask(Duration::from_secs(3)) {
+                answer = Some(schema);
+                break;
+            }
+        }
+        assert_eq!(answer.as_deref(), Some(DUMP_SCHEMA));
+        drop(to_caller);
+        caller.join().expect("caller");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while threads_named(CALLER) != 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a trace thread stayed"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // A worker tokio left in its dump barrier would hold a plain drop forever.
+        host.shutdown_timeout(Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_current_thread_runtime_is_dumped_from_another_runtime() {
+        let host = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("host");
+        let handle = host.handle().clone();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let parked = handle.spawn(async move {
+            let _ = released.await;
+        });
+        let parked_id = task_id_u64(parked.id());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let driver = std::thread::spawn(move || {
+            host.block_on(async {
+                let _ = stopped.await;
+            });
+        });
+        let own = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("caller runtime");
+        let dump = own
+            .block_on(Dumper::new(TaskRegistry::new()).dump(&handle, Duration::from_secs(10)))
+            .expect("dumped from outside");
+        assert!(
+            dump.tasks.iter().any(|task| task.id == parked_id),
+            "{dump:?}"
+        );
+        release.send(()).expect("release");
+        stop.send(()).expect("stop");
+        driver.join().expect("driver");
     }
 
     #[test]

@@ -5,20 +5,28 @@
 //! on in production (a few percent per spawn+join); tokio-console ([`console`]) is the expensive,
 //! opt-in extra.
 //!
-//! Adopting it takes one line on the runtime builder and one spawned server:
+//! Adopting it takes one line on the runtime builder and one started server:
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let mut runtime = tokio::runtime::Builder::new_multi_thread();
 //! let probe = diagtool::probe::init("shipper", &mut runtime)?;
-//! runtime.enable_all().build()?.block_on(async {
-//!     let cancel = tokio_util::sync::CancellationToken::new();
-//!     let server = diagtool::probe::spawn_named("debug-server", probe.clone().serve(cancel.clone()));
-//!     // ... the service runs; at shutdown:
-//!     cancel.cancel();
-//!     server.await?.map_err(Into::into)
-//! })
+//! let runtime = runtime.enable_all().build()?;
+//! // `/debug` gets its own thread and runtime: it still answers when the service's workers are stuck.
+//! let server = diagtool::probe::DebugServer::bind(probe, runtime.handle().clone())?;
+//! runtime.block_on(async {
+//!     // ... the service runs until it is told to stop
+//! });
+//! server.stop(std::time::Duration::from_secs(5))?;
+//! # Ok(())
 //! # }
 //! ```
+//! Why its own thread: a task dump, or a snapshot, is most wanted when the service is in trouble,
+//! and a `/debug` served on the service's own runtime shares its fate. When every worker is blocked
+//! (or caught in tokio's dump barrier), a server on that runtime cannot accept a connection, and
+//! the dump's timeout, which runs on that runtime's timer, never fires. [`DebugServer`] keeps only
+//! the runtime's [`Handle`](tokio::runtime::Handle): it traces the service's runtime under its own
+//! timer, so a stuck service still gets its 503 in time and its snapshots.
+//!
 //! A host with its own HTTP server takes the parts instead ([`Probe::into_parts`]) and mounts the
 //! router itself. Spawn long-lived tasks through [`spawn_named`] so they carry a name and keep
 //! their own frames in release-build dumps.
@@ -43,6 +51,7 @@ pub mod process;
 pub mod registry;
 pub mod router;
 pub mod runtime;
+pub mod server;
 pub mod snapshot;
 pub mod spawn;
 
@@ -54,6 +63,7 @@ pub use process::process_stats;
 pub use registry::{LiveTask, SiteCounts, TaskRegistry, Totals, format_site, short_path};
 pub use router::{check_bind, router, serve};
 pub use runtime::{record_metrics, runtime_stats};
+pub use server::DebugServer;
 pub use spawn::{Traced, spawn_named, spawn_named_in, spawn_named_on, traced};
 
 /// Default debug address: loopback only.
@@ -102,6 +112,36 @@ pub enum ProbeError {
         /// The cause.
         #[source]
         source: std::io::Error,
+    },
+    /// The debug server's own thread or runtime could not be started ([`DebugServer`]).
+    #[error(
+        "cannot start the debug server's {what} for {addr}: {source}; the process may be out of threads or memory (see ulimit -u)"
+    )]
+    Start {
+        /// The address it was to serve.
+        addr: SocketAddr,
+        /// What failed to start: `thread` or `runtime`.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The debug server's thread was still running when [`DebugServer::stop`] stopped waiting;
+    /// it is left to end on its own.
+    #[error(
+        "the debug server on {addr} was still running {waited:?} after it was told to stop; its thread is left to end on its own"
+    )]
+    StopTimeout {
+        /// The address it served.
+        addr: SocketAddr,
+        /// How long the stop waited.
+        waited: Duration,
+    },
+    /// The debug server's thread panicked (a bug: please report it with the log).
+    #[error("the debug server on {addr} panicked; /debug was not served since")]
+    Panicked {
+        /// The address it served.
+        addr: SocketAddr,
     },
 }
 
@@ -247,6 +287,7 @@ impl ProbeBuilder {
             dump_timeout: self.dump_timeout,
             cpu_frequency_hz: self.cpu_frequency_hz,
             stop: tokio_util::sync::CancellationToken::new(),
+            host: None,
         })
     }
 }
@@ -263,6 +304,8 @@ pub struct Probe {
     cpu_frequency_hz: i32,
     /// Fired when the host stops serving: long requests (CPU profiles) end early.
     stop: tokio_util::sync::CancellationToken,
+    /// The runtime reported on and dumped; `None`: the runtime the request runs on.
+    host: Option<tokio::runtime::Handle>,
 }
 
 /// What a host embeds when it serves the router itself (see [`Probe::into_parts`]).
@@ -333,9 +376,25 @@ impl Probe {
         self.stop.clone()
     }
 
-    /// A snapshot now (runtime figures from the current runtime, when there is one).
+    /// The same probe, reporting on and dumping the runtime behind `host` wherever its requests
+    /// run. [`DebugServer`] sets it, since its requests run on a runtime of their own; without it
+    /// the probe looks at the runtime the request runs on.
+    pub fn with_host(mut self, host: tokio::runtime::Handle) -> Self {
+        self.host = Some(host);
+        self
+    }
+
+    /// The runtime the probe reports on: the one set by [`Probe::with_host`], else the current
+    /// runtime, else `None`.
+    pub fn host(&self) -> Option<tokio::runtime::Handle> {
+        self.host
+            .clone()
+            .or_else(|| tokio::runtime::Handle::try_current().ok())
+    }
+
+    /// A snapshot now (runtime figures from [`Probe::host`], when there is one).
     pub fn snapshot(&self, detail: bool) -> crate::model::Snapshot {
-        let handle = tokio::runtime::Handle::try_current().ok();
+        let handle = self.host();
         snapshot::take(&self.registry, &self.service, handle.as_ref(), detail)
     }
 

@@ -10,7 +10,14 @@
 //!
 //! Errors are JSON (`{"error": "..."}`) with the status that says what happened: 400 for a bad
 //! parameter, 401 for a missing or wrong token, 409 for an overlapping profile, 503 for a dump
-//! timeout. Each failure is logged once and counted in `diagtool_probe_request_errors_total{kind}`.
+//! timeout (or a dump cut short by the server stopping). Each failure is logged once and counted
+//! in `diagtool_probe_request_errors_total{kind}`.
+//!
+//! Where it runs: the handlers assume nothing about the runtime they run on. Snapshots and dumps
+//! look at [`Probe::host`] (the service's runtime, set by [`super::DebugServer`], which serves
+//! this router on a thread and runtime of its own); their timers and blocking work (symbolising,
+//! CPU sampling) use the runtime serving the request. [`serve`] and [`serve_on`] serve it on the
+//! caller's runtime instead, which then cannot answer while all of its workers are blocked.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -47,8 +54,9 @@ pub fn check_bind(addr: SocketAddr, token: Option<&str>) -> Result<(), ProbeErro
     }
 }
 
-/// Binds `addr` (after [`check_bind`]) and serves [`router`] until `shutdown` fires, then finishes
-/// the requests in flight.
+/// Binds `addr` (after [`check_bind`]) and serves [`router`] on the current runtime until
+/// `shutdown` fires, then finishes the requests in flight. To keep `/debug` answering when that
+/// runtime's workers are stuck, use [`super::DebugServer`] instead.
 pub async fn serve(
     probe: Probe,
     addr: SocketAddr,
@@ -308,9 +316,26 @@ async fn tasks(
     }
 }
 
+/// Dumps the probe's host runtime (set by [`super::DebugServer`]), else the one serving the request.
 async fn take_dump(probe: &Probe, timeout: Duration) -> Result<crate::model::Dump, ApiError> {
-    let handle = tokio::runtime::Handle::current();
-    Ok(probe.dumper().dump(&handle, timeout).await?)
+    let Some(handle) = probe.host() else {
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "no_runtime",
+            "no tokio runtime to dump: serve the router on one, or set the probe's host runtime",
+        ));
+    };
+    // A dump may wait up to a minute for a stuck runtime: end it when the server stops, as a CPU
+    // profile does, so a shutdown is never held up by it.
+    let stop = probe.stop_token();
+    tokio::select! {
+        dumped = probe.dumper().dump(&handle, timeout) => Ok(dumped?),
+        () = stop.cancelled() => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "stopping",
+            "the debug server is stopping: retry once the service is back",
+        )),
+    }
 }
 
 async fn tasks_dump(
