@@ -114,6 +114,65 @@ fn the_fixed_leak_lab_spawns_from_the_same_site_but_ends_its_tasks() {
     assert!(shipper.terminate(Duration::from_secs(15)).success());
 }
 
+/// The response head of a GET, lower-cased.
+fn head_of(addr: &str, path: &str) -> String {
+    use std::io::Write as _;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    String::from_utf8_lossy(&buf[..end]).to_lowercase()
+}
+
+/// A deploy that overwrites the binary under a running shipper: dumps and profiles resolve
+/// symbols from the file on disk, so they must say that file is no longer the one running.
+#[test]
+fn answers_whose_symbols_come_from_a_replaced_binary_carry_a_warning() {
+    let env = Env::new();
+    let copy = env.path("shipper-copy");
+    std::fs::copy(support::BIN, &copy).unwrap();
+    let shipper = env.start_bin(copy.to_str().unwrap());
+    let debug = shipper.debug_addr.clone();
+    assert!(!head_of(&debug, "/debug/tasks/dump").contains("\r\nwarning:"));
+    std::fs::remove_file(&copy).unwrap();
+    for path in [
+        "/debug/tasks/dump",
+        "/debug/pprof/tasks?debug=1",
+        "/debug/pprof/tasks?debug=0",
+    ] {
+        let head = head_of(&debug, path);
+        assert!(head.starts_with("http/1.1 200"), "{path}: {head}");
+        assert!(
+            head.contains("\r\nwarning: 199 diagtool \"the executable ")
+                && head.contains("was replaced or removed on disk"),
+            "{path}: {head}"
+        );
+    }
+    // A snapshot needs no symbols: no warning there.
+    assert!(!head_of(&debug, "/debug/tasks").contains("\r\nwarning:"));
+    let (_, index) = shipper.debug_get("/debug/");
+    assert!(
+        index.contains("Warning:</strong> the executable"),
+        "{index}"
+    );
+    assert_eq!(
+        shipper
+            .stderr()
+            .matches("was replaced or removed on disk")
+            .count(),
+        1,
+        "logged once: {}",
+        shipper.stderr()
+    );
+    assert!(shipper.terminate(Duration::from_secs(15)).success());
+}
+
 /// The issue's "done when", as an operator would check it with curl.
 #[test]
 fn a_poll_spawn_leak_shows_on_every_debug_endpoint_in_metrics_and_in_health() {

@@ -135,6 +135,13 @@ impl Client {
             .await
             .map_err(|e| unreachable(describe(&e, timeout)))?;
         let status = response.status();
+        if let Some(warning) = response
+            .headers()
+            .get(reqwest::header::WARNING)
+            .and_then(|v| v.to_str().ok())
+        {
+            eprintln!("diagtool: the target warns: {}", target_warning(warning));
+        }
         let body = read_body(response, timeout).await.map_err(unreachable)?;
         match status {
             s if s.is_success() => Ok((url, body)),
@@ -157,6 +164,15 @@ impl Client {
             ))),
         }
     }
+}
+
+/// The text of an HTTP `Warning` header (`199 agent "text"`), or the whole value if it has
+/// another form.
+fn target_warning(value: &str) -> &str {
+    value
+        .split_once('"')
+        .and_then(|(_, rest)| rest.strip_suffix('"'))
+        .unwrap_or(value)
 }
 
 async fn read_body(mut response: reqwest::Response, timeout: Duration) -> Result<Vec<u8>, String> {
@@ -225,6 +241,15 @@ fn not_a(url: &Url, kind: &str, text: &str, err: &crate::model::SchemaError) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn warning_headers_give_their_text() {
+        assert_eq!(
+            target_warning("199 diagtool \"binary gone\""),
+            "binary gone"
+        );
+        assert_eq!(target_warning("odd"), "odd");
+    }
 
     #[test]
     fn target_urls_are_checked() {

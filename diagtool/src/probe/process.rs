@@ -48,6 +48,24 @@ fn threads() -> Option<u64> {
         .and_then(|n| n.trim().parse().ok())
 }
 
+/// When the running executable's file was replaced or removed since the process started, a
+/// warning saying so. Dumps and CPU profiles resolve symbols by reading the executable at its path,
+/// so after a deploy that overwrote it their frames come out missing or wrong: the reader must know.
+pub fn stale_binary_warning() -> Option<String> {
+    let link = fs::read_link("/proc/self/exe").ok()?;
+    stale_warning(&link.to_string_lossy())
+}
+
+/// Linux shows `/proc/self/exe` of a replaced or removed file with a ` (deleted)` suffix.
+fn stale_warning(exe_link: &str) -> Option<String> {
+    let path = exe_link.strip_suffix(" (deleted)")?;
+    Some(format!(
+        "the executable {path} was replaced or removed on disk after this process started: symbols \
+         in dumps and CPU profiles may be missing or wrong; restart the process onto the new \
+         binary to trace it"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,5 +85,17 @@ mod tests {
         assert!(process_stats().threads >= 2);
         drop(tx);
         thread.join().expect("join").ok();
+    }
+
+    #[test]
+    fn a_deleted_executable_is_named_and_a_present_one_is_not() {
+        let warning = stale_warning("/usr/local/bin/shipper (deleted)").expect("warns");
+        assert!(
+            warning.contains("/usr/local/bin/shipper was replaced"),
+            "{warning}"
+        );
+        assert_eq!(stale_warning("/usr/local/bin/shipper"), None);
+        // The test binary itself is in place.
+        assert_eq!(stale_binary_warning(), None);
     }
 }

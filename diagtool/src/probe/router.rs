@@ -282,6 +282,12 @@ async fn index(State(probe): State<Probe>) -> Html<String> {
         def = cpu::DEFAULT_SECONDS,
         max = cpu::MAX_SECONDS,
     );
+    if let Some(warning) = super::process::stale_binary_warning() {
+        html.push_str(&format!(
+            "<p style=\"color:#b00\"><strong>Warning:</strong> {}</p>\n",
+            escape_html(&warning)
+        ));
+    }
     for (path, what) in rows {
         html.push_str(&format!(
             "<tr><td><a href=\"/debug/{path}\">{path}</a></td><td>{what}</td></tr>\n"
@@ -343,7 +349,29 @@ async fn tasks_dump(
     Query(params): Query<Params>,
 ) -> Result<Response, ApiError> {
     let timeout = parse_timeout(&probe, params.timeout_ms.as_deref())?;
-    Ok(axum::Json(take_dump(&probe, timeout).await?).into_response())
+    Ok(warn_if_stale(
+        axum::Json(take_dump(&probe, timeout).await?).into_response(),
+    ))
+}
+
+/// Adds an HTTP `Warning` header to a response whose symbols came from the executable on disk
+/// when that file is no longer the one running (see [`super::process::stale_binary_warning`]),
+/// and logs it once per process. `diagtool` prints the header to stderr.
+fn warn_if_stale(mut response: Response) -> Response {
+    static LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let Some(warning) = super::process::stale_binary_warning() else {
+        return response;
+    };
+    if !LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!("{warning}");
+    }
+    metrics::counter!("diagtool_probe_stale_binary_answers_total").increment(1);
+    // RFC 7234's form: code 199 (miscellaneous), agent, quoted text.
+    let text = format!("199 diagtool \"{}\"", warning.replace('"', "'"));
+    if let Ok(value) = HeaderValue::from_str(&text) {
+        response.headers_mut().insert(header::WARNING, value);
+    }
+    response
 }
 
 async fn pprof_tasks(
@@ -354,12 +382,15 @@ async fn pprof_tasks(
     let timeout = parse_timeout(&probe, params.timeout_ms.as_deref())?;
     let dump = take_dump(&probe, timeout).await?;
     if debug == 0 {
-        Ok(pprof_response(dump::to_pprof(&dump), "tasks"))
+        Ok(warn_if_stale(pprof_response(
+            dump::to_pprof(&dump),
+            "tasks",
+        )))
     } else {
-        Ok(with_type(
+        Ok(warn_if_stale(with_type(
             "text/plain; charset=utf-8",
             dump::render_text(&dump, debug),
-        ))
+        )))
     }
 }
 
@@ -384,7 +415,7 @@ async fn cpu_profile(
 ) -> Result<Response, ApiError> {
     let seconds = parse_seconds(params.seconds.as_deref())?;
     let profile = cpu::profile(seconds, probe.cpu_frequency_hz(), probe.stop_token()).await?;
-    Ok(pprof_response(profile.to_pprof(), "profile"))
+    Ok(warn_if_stale(pprof_response(profile.to_pprof(), "profile")))
 }
 
 async fn cpu_flamegraph(
@@ -395,5 +426,5 @@ async fn cpu_flamegraph(
     let profile = cpu::profile(seconds, probe.cpu_frequency_hz(), probe.stop_token()).await?;
     let title = format!("{} CPU, {} s", probe.service(), seconds);
     let svg = profile.to_flamegraph(&title)?;
-    Ok(with_type("image/svg+xml", svg))
+    Ok(warn_if_stale(with_type("image/svg+xml", svg)))
 }
