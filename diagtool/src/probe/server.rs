@@ -350,11 +350,33 @@ mod tests {
         assert!(response.starts_with("HTTP/1.1 200"), "{response}");
         assert_eq!(registry.totals().spawned, 0);
 
+        let listener = listening_socket(addr.port()).expect("the listening socket");
+        assert!(socket_open(listener), "the check sees the open socket");
         server.stop(Duration::from_secs(5)).expect("clean stop");
-        assert!(
-            std::net::TcpStream::connect(addr).is_err(),
-            "still listening"
-        );
+        assert!(!socket_open(listener), "the listening socket is still open");
+    }
+
+    /// The inode of the socket listening on `port` (from `/proc/net/tcp`). Tests compare inodes,
+    /// not ports: once closed, a port can be taken at once by another test running in parallel.
+    fn listening_socket(port: u16) -> Option<u64> {
+        let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+        table.lines().skip(1).find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields.get(1)?.rsplit(':').next()?;
+            let listening = fields.get(3)? == &"0A";
+            (listening && u16::from_str_radix(local_port, 16).ok()? == port)
+                .then(|| fields.get(9)?.parse().ok())
+                .flatten()
+        })
+    }
+
+    /// Whether this process still holds the socket with that inode.
+    fn socket_open(inode: u64) -> bool {
+        let wanted = format!("socket:[{inode}]");
+        std::fs::read_dir("/proc/self/fd")
+            .expect("fds")
+            .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+            .any(|target| target.to_string_lossy() == wanted)
     }
 
     #[test]
@@ -403,7 +425,7 @@ mod tests {
     fn async_shutdown_joins_from_the_host_runtime() {
         let (runtime, probe) = host(1);
         let server = DebugServer::bind(probe, runtime.handle().clone()).expect("start");
-        let addr = server.addr();
+        let listener = listening_socket(server.addr().port()).expect("the listening socket");
         runtime.block_on(async {
             tokio::time::timeout(
                 Duration::from_secs(10),
@@ -413,9 +435,6 @@ mod tests {
             .expect("in time")
             .expect("clean stop");
         });
-        assert!(
-            std::net::TcpStream::connect(addr).is_err(),
-            "still listening"
-        );
+        assert!(!socket_open(listener), "the listening socket is still open");
     }
 }
