@@ -22,14 +22,13 @@ mod telemetry;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
 use http::HeaderValue;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -42,10 +41,13 @@ use crate::event::Batch;
 pub const PUSH_PATH: &str = "/loki/api/v1/push";
 
 /// Batches encoded at once. Each encoding holds its JSON text, the compressor's state and its
-/// output (~2.5 MiB for a 1 MiB batch), on a blocking-pool thread whose malloc arena keeps that
-/// memory afterwards: with one encoder per request in flight, a 1M-line benchmark left 5 arenas
-/// of ~2.4 MiB each (3 with one encoder). Gzip at the fastest level keeps up with the reader on
-/// one thread; this costs parallelism, not CPU.
+/// output, on a blocking-pool thread whose malloc arena keeps that memory afterwards. Gzip at the
+/// fastest level keeps up with the reader on one thread; this costs parallelism, not CPU.
+///
+/// The sink takes a batch from its channel only when an encoder is free: a batch taken earlier
+/// would wait here with all its lines (about 1.1x `batch_max_bytes` each) instead of in the
+/// bounded channel, which with 8 requests in flight held up to 7 such batches (~9 MiB) beside
+/// the channel's own.
 const ENCODERS: usize = 1;
 
 /// How often `run` calls its heartbeat, busy or idle (an outage is not a hang: it still beats).
@@ -172,55 +174,49 @@ struct Job {
     attempts: u32,
 }
 
-/// What an in-flight future ends with.
+/// What an encoding ends with.
 #[derive(Debug)]
-enum Finished {
-    /// An attempt ended: the job back, what happened, how long the request took.
-    Attempt(Job, Outcome, Duration),
+enum Encoded {
+    /// The body is built: the job is ready for its first attempt.
+    Ready(Job),
     /// The batch could not be encoded (a bug, never input: any valid `Batch` encodes).
     Unencodable(Batch, String),
     /// The runtime is shutting down and dropped the encoding; the batch is re-read after restart.
     Abandoned,
 }
 
-/// A batch in flight: encoding, waiting to retry, or being sent.
-type InFlight = Pin<Box<dyn Future<Output = Finished> + Send>>;
+/// A batch being encoded.
+type Encoding = Pin<Box<dyn Future<Output = Encoded> + Send>>;
 
-/// Encodes a new batch on the blocking pool (the loop stays free), at most [`ENCODERS`] at a
-/// time, then makes its first attempt. If `run` drops this future mid-encoding, the encoding
-/// finishes on its own (one batch, milliseconds) and is discarded.
-fn start_batch(
-    target: &Target,
-    encoders: &Arc<Semaphore>,
-    encoding: LokiEncoding,
-    batch: Batch,
-) -> InFlight {
-    let target = target.clone();
-    let encoders = Arc::clone(encoders);
+/// A batch sending or waiting to retry; ends with the attempt's job, outcome and duration.
+type InFlight = Pin<Box<dyn Future<Output = (Job, Outcome, Duration)> + Send>>;
+
+/// Encodes a batch on the blocking pool, so the loop stays free. If `run` drops this future
+/// mid-encoding, the encoding finishes on its own (one batch, milliseconds) and is discarded.
+fn encode_batch(encoding: LokiEncoding, batch: Batch) -> Encoding {
     Box::pin(async move {
-        // Never closed, so acquiring only waits. The permit lives until the body is built.
-        let permit = encoders.acquire_owned().await.ok();
         let encoded = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
             let mut batch = batch;
             let body = encode::encode(encoding, &mut batch);
             (batch, body)
         })
         .await;
         match encoded {
-            Ok((batch, Ok(body))) => {
-                let job = Job {
-                    batch,
-                    body,
-                    attempts: 0,
-                };
-                attempt(&target, job).await
-            }
-            Ok((batch, Err(e))) => Finished::Unencodable(batch, format!("{e:#}")),
+            Ok((batch, Ok(body))) => Encoded::Ready(Job {
+                batch,
+                body,
+                attempts: 0,
+            }),
+            Ok((batch, Err(e))) => Encoded::Unencodable(batch, format!("{e:#}")),
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(_) => Finished::Abandoned,
+            Err(_) => Encoded::Abandoned,
         }
     })
+}
+
+fn first_attempt(target: &Target, job: Job) -> InFlight {
+    let target = target.clone();
+    Box::pin(async move { attempt(&target, job).await })
 }
 
 fn retry_later(target: &Target, job: Job, delay: Duration) -> InFlight {
@@ -231,10 +227,10 @@ fn retry_later(target: &Target, job: Job, delay: Duration) -> InFlight {
     })
 }
 
-async fn attempt(target: &Target, job: Job) -> Finished {
+async fn attempt(target: &Target, job: Job) -> (Job, Outcome, Duration) {
     let started = Instant::now();
     let outcome = send::attempt(target, &job.body).await;
-    Finished::Attempt(job, outcome, started.elapsed())
+    (job, outcome, started.elapsed())
 }
 
 /// Runs the sink until `batches` is closed and drained, or `stop` is cancelled. See the
@@ -282,53 +278,54 @@ pub async fn run(
     let mut arc = AdaptiveConcurrency::new(settings.max_concurrency, Instant::now());
     telemetry::concurrency(arc.limit());
     let mut in_flight: FuturesUnordered<InFlight> = FuturesUnordered::new();
-    let encoders = Arc::new(Semaphore::new(ENCODERS));
+    let mut encoding: FuturesUnordered<Encoding> = FuturesUnordered::new();
     let mut log = RateLimitedLog::default();
     let mut beat_every = tokio::time::interval(BEAT_EVERY);
     beat_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut open = true;
     tracing::info!(url = %target.url, encoding = ?settings.encoding, "loki sink started");
 
-    while open || !in_flight.is_empty() {
+    while open || !in_flight.is_empty() || !encoding.is_empty() {
+        // A batch is taken only when an encoder is free and a request slot will be (see ENCODERS).
+        let room = encoding.len() < ENCODERS && in_flight.len() + encoding.len() < arc.limit();
         tokio::select! {
             biased;
             () = stop.cancelled() => {
-                if !in_flight.is_empty() {
+                if !in_flight.is_empty() || !encoding.is_empty() {
                     tracing::info!(
-                        batches = in_flight.len(),
+                        batches = in_flight.len() + encoding.len(),
                         "loki sink stopped with batches in flight; they are re-read after restart"
                     );
                 }
                 return Ok(());
             }
             _ = beat_every.tick() => beat(),
-            Some(finished) = in_flight.next(), if !in_flight.is_empty() => {
+            Some((job, outcome, took)) = in_flight.next(), if !in_flight.is_empty() => {
                 let before = arc.limit();
-                match finished {
-                    Finished::Attempt(job, outcome, took) => {
-                        if let Some((job, delay)) =
-                            finish_attempt(job, outcome, took, &settings, &mut arc, &mut log)
-                        {
-                            in_flight.push(retry_later(&target, job, delay));
-                        }
-                    }
-                    Finished::Unencodable(batch, error) => {
-                        tracing::error!(%error, entries = batch.entries,
-                            "could not encode a batch for loki; dropped and counted (a bug: report it)");
-                        telemetry::dropped(batch.entries, telemetry::REASON_UNENCODABLE);
-                        batch.acknowledge();
-                    }
-                    Finished::Abandoned => {}
+                if let Some((job, delay)) =
+                    finish_attempt(job, outcome, took, &settings, &mut arc, &mut log)
+                {
+                    in_flight.push(retry_later(&target, job, delay));
                 }
                 if arc.limit() != before {
                     telemetry::concurrency(arc.limit());
                 }
             }
-            next = batches.recv(), if open && in_flight.len() < arc.limit() => match next {
-                Some(batch) => {
-                    in_flight.push(start_batch(&target, &encoders, settings.encoding, batch));
+            Some(encoded) = encoding.next(), if !encoding.is_empty() => match encoded {
+                Encoded::Ready(job) => {
+                    in_flight.push(first_attempt(&target, job));
                     arc.on_send(in_flight.len());
                 }
+                Encoded::Unencodable(batch, error) => {
+                    tracing::error!(%error, entries = batch.entries,
+                        "could not encode a batch for loki; dropped and counted (a bug: report it)");
+                    telemetry::dropped(batch.entries, telemetry::REASON_UNENCODABLE);
+                    batch.acknowledge();
+                }
+                Encoded::Abandoned => {}
+            },
+            next = batches.recv(), if open && room => match next {
+                Some(batch) => encoding.push(encode_batch(settings.encoding, batch)),
                 None => open = false,
             },
         }
