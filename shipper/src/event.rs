@@ -37,13 +37,135 @@ pub struct Entry {
     pub ack: AckRef,
 }
 
+/// Timestamped lines of one stream, oldest first, kept in one text buffer.
+///
+/// Why one buffer: a `String` per line cost ~1.3x the text (allocator rounding, a 32-byte slot per
+/// line) and a million allocations and frees per million lines, spread over the malloc arenas of
+/// whichever threads touched them. Here a line costs its text plus 16 bytes, and a chunk or a batch
+/// is two allocations. Invariant: `text` is valid UTF-8 (invalid input was repaired on the way in)
+/// and `ends` holds each line's timestamp and the end of its text, ascending; a line starts where
+/// the one before it ends.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lines {
+    text: String,
+    ends: Vec<(i64, usize)>,
+}
+
+impl Lines {
+    /// No lines.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Room for about `lines` lines of `bytes` bytes of text in all, reserved ahead.
+    pub fn with_capacity(lines: usize, bytes: usize) -> Self {
+        Self {
+            text: String::with_capacity(bytes),
+            ends: Vec::with_capacity(lines),
+        }
+    }
+
+    /// Reserves room for `bytes` more bytes of text.
+    pub fn reserve_text(&mut self, bytes: usize) {
+        self.text.reserve(bytes);
+    }
+
+    /// Appends a line (without its newline).
+    pub fn push(&mut self, ts_ns: i64, line: &str) {
+        self.text.push_str(line);
+        self.ends.push((ts_ns, self.text.len()));
+    }
+
+    /// Appends a line given as bytes: valid UTF-8 is copied as is, invalid sequences become
+    /// U+FFFD (the line is never dropped).
+    pub fn push_lossy(&mut self, ts_ns: i64, line: &[u8]) {
+        self.push(ts_ns, &String::from_utf8_lossy(line));
+    }
+
+    /// Number of lines.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether there is no line.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Bytes of text of every line together (what `batch_max_bytes` bounds).
+    pub fn text_len(&self) -> usize {
+        self.text.len()
+    }
+
+    /// The lines as `(ts_ns, line)`, oldest first.
+    pub fn iter(&self) -> LinesIter<'_> {
+        LinesIter {
+            lines: self,
+            next: 0,
+            start: 0,
+        }
+    }
+}
+
+/// Iterator over [`Lines`]: `(ts_ns, line)` pairs, oldest first.
+#[derive(Debug, Clone)]
+pub struct LinesIter<'a> {
+    lines: &'a Lines,
+    next: usize,
+    start: usize,
+}
+
+impl<'a> Iterator for LinesIter<'a> {
+    type Item = (i64, &'a str);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (ts, end) = *self.lines.ends.get(self.next)?;
+        let line = self.lines.text.get(self.start..end).unwrap_or_default();
+        self.next += 1;
+        self.start = end;
+        Some((ts, line))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.lines.ends.len() - self.next;
+        (left, Some(left))
+    }
+}
+
+impl ExactSizeIterator for LinesIter<'_> {}
+
+impl<'a> IntoIterator for &'a Lines {
+    type Item = (i64, &'a str);
+    type IntoIter = LinesIter<'a>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl<S: AsRef<str>> FromIterator<(i64, S)> for Lines {
+    fn from_iter<I: IntoIterator<Item = (i64, S)>>(iter: I) -> Self {
+        let mut lines = Lines::new();
+        for (ts, line) in iter {
+            lines.push(ts, line.as_ref());
+        }
+        lines
+    }
+}
+
+impl<S: AsRef<str>, const N: usize> From<[(i64, S); N]> for Lines {
+    fn from(pairs: [(i64, S); N]) -> Self {
+        pairs.into_iter().collect()
+    }
+}
+
 /// The entries of one stream inside a batch, in the order they were read.
 #[derive(Debug, Clone)]
 pub struct StreamBatch {
     /// The stream's labels.
     pub labels: Labels,
-    /// `(ts_ns, line)` pairs, oldest first.
-    pub entries: Vec<(i64, String)>,
+    /// The timestamped lines, oldest first.
+    pub entries: Lines,
 }
 
 /// A batch ready to send: one or more streams, bounded by `batch_max_bytes`.
@@ -68,11 +190,7 @@ pub type AckSender = mpsc::UnboundedSender<Vec<AckRef>>;
 impl Batch {
     /// Builds a batch from its streams and the acknowledgements of every entry in it.
     pub fn new(streams: Vec<StreamBatch>, acks: Vec<AckRef>, ack_tx: AckSender) -> Self {
-        let line_bytes = streams
-            .iter()
-            .flat_map(|s| s.entries.iter())
-            .map(|(_, line)| line.len())
-            .sum();
+        let line_bytes = streams.iter().map(|s| s.entries.text_len()).sum();
         let entries = streams.iter().map(|s| s.entries.len()).sum();
         Self {
             streams,
@@ -99,13 +217,46 @@ impl Batch {
 pub struct Chunk {
     /// The checkpointer's id for this chunk; every entry from it is acknowledged with this id.
     pub id: u64,
-    /// `(labels, (ts_ns, line) pairs)` per stream, each in read order.
-    pub streams: Vec<(Labels, Vec<(i64, String)>)>,
+    /// `(labels, lines)` per stream, each in read order.
+    pub streams: Vec<(Labels, Lines)>,
 }
 
 impl Chunk {
     /// Number of lines in the chunk.
     pub fn lines(&self) -> usize {
         self.streams.iter().map(|(_, l)| l.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_keep_order_timestamps_and_text_including_empty_lines() {
+        let mut lines = Lines::with_capacity(4, 16);
+        lines.push(3, "ab");
+        lines.push(1, "");
+        lines.push_lossy(2, b"c\xffd");
+        lines.push(-5, "\u{65e5}\u{672c}");
+        assert_eq!(lines.len(), 4);
+        assert_eq!(lines.text_len(), 2 + 5 + 6);
+        let got: Vec<(i64, &str)> = lines.iter().collect();
+        assert_eq!(
+            got,
+            [
+                (3, "ab"),
+                (1, ""),
+                (2, "c\u{fffd}d"),
+                (-5, "\u{65e5}\u{672c}")
+            ]
+        );
+        assert_eq!(lines.iter().len(), 4);
+        assert_eq!(
+            Lines::from([(3, "ab")]).iter().collect::<Vec<_>>(),
+            [(3, "ab")]
+        );
+        assert!(Lines::new().is_empty());
+        assert_eq!(Lines::new().iter().next(), None);
     }
 }

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::event::{AckRef, AckSender, Batch, Chunk, Labels, StreamBatch};
+use crate::event::{AckRef, AckSender, Batch, Chunk, Labels, Lines, StreamBatch};
 
 /// How often a task blocked on a full channel still beats.
 const BEAT_EVERY: Duration = Duration::from_millis(500);
@@ -133,7 +133,7 @@ async fn add(
     beat: &(impl Fn() + Send + Sync),
 ) -> bool {
     let ack = AckRef { chunk: chunk.id };
-    for (labels, lines) in chunk.streams {
+    for (labels, lines) in &chunk.streams {
         for (ts, line) in lines {
             if p.bytes > 0
                 && p.bytes + line.len() > limits.max_bytes
@@ -145,19 +145,20 @@ async fn add(
             if p.since.is_none() {
                 p.since = Some(Instant::now());
             }
-            let idx = match p.index.get(&labels) {
+            let idx = match p.index.get(labels) {
                 Some(i) => *i,
                 None => {
                     p.streams.push(StreamBatch {
                         labels: labels.clone(),
-                        entries: Vec::new(),
+                        entries: Lines::new(),
                     });
                     p.index.insert(labels.clone(), p.streams.len() - 1);
                     p.streams.len() - 1
                 }
             };
             p.bytes += line.len();
-            p.streams[idx].entries.push((ts, line));
+            // Copied into the batch's one text buffer; the chunk is freed once it is batched.
+            p.streams[idx].entries.push(ts, line);
             p.acks.push(ack);
         }
     }
@@ -188,7 +189,7 @@ mod tests {
                 lines
                     .iter()
                     .enumerate()
-                    .map(|(i, s)| (i as i64, s.to_string()))
+                    .map(|(i, s)| (i as i64, *s))
                     .collect(),
             )],
         }
@@ -214,7 +215,7 @@ mod tests {
             first.streams[0]
                 .entries
                 .iter()
-                .map(|e| e.1.as_str())
+                .map(|e| e.1)
                 .collect::<Vec<_>>(),
             ["aaaa", "bbbb"]
         );

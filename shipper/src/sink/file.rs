@@ -99,7 +99,7 @@ mod tests {
         let batch = Batch::new(
             vec![StreamBatch {
                 labels,
-                entries: vec![(17, "q\"b\\t\tx".into()), (18, "ü".into())],
+                entries: [(17, "q\"b\\t\tx"), (18, "ü")].into(),
             }],
             vec![AckRef { chunk: 4 }; 2],
             atx,

@@ -258,7 +258,7 @@ async fn attempt(target: &Target, job: Job) -> (Job, Outcome, Duration) {
 /// let sink = tokio::spawn(run(settings, rx, CancellationToken::new(), || {}));
 ///
 /// let labels = Arc::new(BTreeMap::from([("job".to_owned(), "app".to_owned())]));
-/// let stream = StreamBatch { labels, entries: vec![(1_700_000_000_000_000_000, "hello".into())] };
+/// let stream = StreamBatch { labels, entries: [(1_700_000_000_000_000_000, "hello")].into() };
 /// tx.send(Batch::new(vec![stream], vec![AckRef { chunk: 1 }], ack_tx)).await?;
 /// assert_eq!(acks.recv().await, Some(vec![AckRef { chunk: 1 }]));
 ///
