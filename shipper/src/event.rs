@@ -70,6 +70,24 @@ impl Lines {
         self.text.reserve(bytes);
     }
 
+    /// Makes room for `bytes` more bytes of text, growing by doubling but not past `limit` bytes
+    /// in all (unless `bytes` alone needs more). A batch knows its limit: plain doubling from the
+    /// first line's size would overshoot it by up to 2x (a 1 MiB batch of 150-byte lines ended
+    /// with 1.2 MiB of capacity).
+    pub fn reserve_text_within(&mut self, bytes: usize, limit: usize) {
+        let need = self.text.len() + bytes;
+        if need <= self.text.capacity() {
+            return;
+        }
+        let target = (self.text.capacity() * 2).min(limit).max(need);
+        self.text.reserve_exact(target - self.text.len());
+    }
+
+    /// Bytes of text the buffer can hold without growing.
+    pub fn text_capacity(&self) -> usize {
+        self.text.capacity()
+    }
+
     /// Appends a line (without its newline).
     pub fn push(&mut self, ts_ns: i64, line: &str) {
         self.text.push_str(line);
@@ -258,5 +276,25 @@ mod tests {
         );
         assert!(Lines::new().is_empty());
         assert_eq!(Lines::new().iter().next(), None);
+    }
+
+    #[test]
+    fn bounded_growth_doubles_up_to_the_limit_and_no_further() {
+        let mut lines = Lines::new();
+        let line = "x".repeat(150);
+        let mut caps = Vec::new();
+        for i in 0..6990 {
+            lines.reserve_text_within(line.len(), 1 << 20);
+            lines.push(i, &line);
+            if caps.last() != Some(&lines.text_capacity()) {
+                caps.push(lines.text_capacity());
+            }
+        }
+        // 150, 300, .. doubling, then exactly the limit instead of 1,228,800.
+        assert_eq!(caps.last(), Some(&(1 << 20)), "{caps:?}");
+        assert_eq!(caps[..3], [150, 300, 600]);
+        // A line larger than what is left still fits.
+        lines.reserve_text_within(200_000, 1 << 20);
+        assert!(lines.text_capacity() >= lines.text_len() + 200_000);
     }
 }

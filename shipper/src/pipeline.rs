@@ -156,9 +156,13 @@ async fn add(
                     p.streams.len() - 1
                 }
             };
+            // Copied into the batch's one text buffer (the chunk is freed once it is batched),
+            // which grows toward the batch limit but not past it.
+            let room = limits.max_bytes.saturating_sub(p.bytes);
+            let entries = &mut p.streams[idx].entries;
+            entries.reserve_text_within(line.len(), entries.text_len() + room);
+            entries.push(ts, line);
             p.bytes += line.len();
-            // Copied into the batch's one text buffer; the chunk is freed once it is batched.
-            p.streams[idx].entries.push(ts, line);
             p.acks.push(ack);
         }
     }
