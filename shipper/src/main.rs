@@ -7,8 +7,9 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser};
 use shipper::config::{Config, DEFAULT_CONFIG};
 
-/// Threads of the runtime's blocking pool: one each for a Loki encoding, a CPU profile and a
-/// task dump (the probe's), so none of them waits for another.
+/// Threads of the runtime's blocking pool: file writes and name lookups, a CPU profile and a task
+/// dump (the probe's) each get one, so none of them waits for another. (Loki bodies are encoded
+/// on the sink's own thread, not here.)
 const BLOCKING_THREADS: usize = 3;
 
 const EXAMPLES: &str = "\
@@ -152,9 +153,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
     // is counted by spawn site.
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
-    // The blocking pool encodes Loki bodies (one at a time), resolves names and serves the probe's
-    // profiles and dumps: a few threads suffice, and each extra one that ran an encoding keeps its
-    // own malloc arena of encoding buffers (~2.4 MiB).
+    // The blocking pool writes files, resolves names and serves the probe's profiles and dumps: a
+    // few threads suffice, and each one that ran keeps its own malloc arena.
     builder.max_blocking_threads(BLOCKING_THREADS);
     let probe = diagtool::probe::Probe::builder("shipper")
         .addr(config.server.debug_addr)

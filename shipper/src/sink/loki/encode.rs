@@ -30,7 +30,7 @@ pub(crate) struct Body {
 
 /// Encodes the batch's streams, leaving `batch.streams` empty.
 ///
-/// CPU-bound (compression dominates): the sink runs it on the blocking pool, so the sink's loop
+/// CPU-bound (compression dominates): the sink runs it on its encoding thread, so the sink's loop
 /// stays responsive.
 pub(crate) fn encode(encoding: LokiEncoding, batch: &mut Batch) -> anyhow::Result<Body> {
     let body = match encoding {

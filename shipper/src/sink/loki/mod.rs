@@ -17,6 +17,7 @@
 
 mod arc;
 mod encode;
+mod encoder;
 mod send;
 mod telemetry;
 
@@ -34,15 +35,16 @@ use tokio_util::sync::CancellationToken;
 
 use self::arc::{AdaptiveConcurrency, Feedback};
 use self::encode::Body;
+use self::encoder::EncoderThread;
 use self::send::{Outcome, RateLimitedLog, Target};
 use crate::event::Batch;
 
 /// The push path appended to [`LokiSettings::url`].
 pub const PUSH_PATH: &str = "/loki/api/v1/push";
 
-/// Batches encoded at once. Each encoding holds its JSON text, the compressor's state and its
-/// output, on a blocking-pool thread whose malloc arena keeps that memory afterwards. Gzip at the
-/// fastest level keeps up with the reader on one thread; this costs parallelism, not CPU.
+/// Batches encoded at once, on the sink's one encoding thread ([`encoder`]). Each encoding holds
+/// the compressor's state and its output. Gzip at the fastest level keeps up with the reader on
+/// one thread; this costs parallelism, not CPU.
 ///
 /// The sink takes a batch from its channel only when an encoder is free: a batch taken earlier
 /// would wait here with all its lines (about 1.1x `batch_max_bytes` each) instead of in the
@@ -181,7 +183,7 @@ enum Encoded {
     Ready(Job),
     /// The batch could not be encoded (a bug, never input: any valid `Batch` encodes).
     Unencodable(Batch, String),
-    /// The runtime is shutting down and dropped the encoding; the batch is re-read after restart.
+    /// The encoding thread is gone; the batch is re-read after restart.
     Abandoned,
 }
 
@@ -191,24 +193,20 @@ type Encoding = Pin<Box<dyn Future<Output = Encoded> + Send>>;
 /// A batch sending or waiting to retry; ends with the attempt's job, outcome and duration.
 type InFlight = Pin<Box<dyn Future<Output = (Job, Outcome, Duration)> + Send>>;
 
-/// Encodes a batch on the blocking pool, so the loop stays free. If `run` drops this future
-/// mid-encoding, the encoding finishes on its own (one batch, milliseconds) and is discarded.
-fn encode_batch(encoding: LokiEncoding, batch: Batch) -> Encoding {
+/// Encodes a batch on the sink's encoding thread ([`encoder`]), so the loop stays free. If `run`
+/// drops this future mid-encoding, the encoding finishes on its own (one batch, milliseconds) and
+/// is discarded.
+fn encode_batch(encoder: &EncoderThread, encoding: LokiEncoding, batch: Batch) -> Encoding {
+    let encoded = encoder.encode(encoding, batch);
     Box::pin(async move {
-        let encoded = tokio::task::spawn_blocking(move || {
-            let mut batch = batch;
-            let body = encode::encode(encoding, &mut batch);
-            (batch, body)
-        })
-        .await;
-        match encoded {
-            Ok((batch, Ok(body))) => Encoded::Ready(Job {
+        match encoded.await {
+            Ok(Ok((batch, Ok(body)))) => Encoded::Ready(Job {
                 batch,
                 body,
                 attempts: 0,
             }),
-            Ok((batch, Err(e))) => Encoded::Unencodable(batch, format!("{e:#}")),
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Ok(Ok((batch, Err(e)))) => Encoded::Unencodable(batch, format!("{e:#}")),
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
             Err(_) => Encoded::Abandoned,
         }
     })
@@ -274,6 +272,7 @@ pub async fn run(
     beat: impl Fn() + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
     let target = settings.target()?;
+    let encoder = EncoderThread::start().context("starting the loki encoding thread")?;
     telemetry::describe();
     let mut arc = AdaptiveConcurrency::new(settings.max_concurrency, Instant::now());
     telemetry::concurrency(arc.limit());
@@ -325,7 +324,7 @@ pub async fn run(
                 Encoded::Abandoned => {}
             },
             next = batches.recv(), if open && room => match next {
-                Some(batch) => encoding.push(encode_batch(settings.encoding, batch)),
+                Some(batch) => encoding.push(encode_batch(&encoder, settings.encoding, batch)),
                 None => open = false,
             },
         }
