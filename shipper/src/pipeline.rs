@@ -18,7 +18,7 @@ use tokio::sync::mpsc::{self, OwnedPermit};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::event::{AckRef, AckSender, Batch, Chunk, Labels, Lines, StreamBatch};
+use crate::event::{AckRef, AckSender, BATCH_TEXT, Batch, CHUNK_TEXT, Chunk, Labels, StreamBatch};
 
 /// How often a task blocked on a full channel still beats.
 const BEAT_EVERY: Duration = Duration::from_millis(500);
@@ -206,7 +206,7 @@ async fn add(
                 None => {
                     p.streams.push(StreamBatch {
                         labels: labels.clone(),
-                        entries: Lines::new(),
+                        entries: BATCH_TEXT.take(),
                     });
                     p.index.insert(labels.clone(), p.streams.len() - 1);
                     p.streams.len() - 1
@@ -221,6 +221,10 @@ async fn add(
             p.bytes += line.len();
             p.acks.push(ack);
         }
+    }
+    // Every line is copied into the batch: the chunk's buffers go back to the reader.
+    for (_, lines) in chunk.streams {
+        CHUNK_TEXT.give(lines);
     }
     if p.bytes >= limits.max_bytes {
         return p.ship(tx, ack_tx, stop, beat).await;

@@ -13,14 +13,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crate::event::{Labels, Lines};
+use crate::event::{CHUNK_TEXT, Labels, Lines};
 use crate::source::SourceEvents;
 use crate::source::docker::{DockerDecoder, Stream};
 use crate::source::fingerprint::{FileId, Fingerprint};
 use crate::source::lines::LineSplitter;
 
 /// Size of one `read(2)`.
-pub(crate) const READ_BLOCK: usize = 256 * 1024;
+pub(crate) const READ_BLOCK: usize = 128 * 1024;
 
 /// How a watcher's bytes become entries.
 #[derive(Debug)]
@@ -197,7 +197,7 @@ impl Watcher {
         let now = now_ns();
         // Leftover lines (salvaged from before a truncation) lead the chunk; a Docker file ships
         // them on stdout.
-        let mut plain = Lines::new();
+        let mut plain = CHUNK_TEXT.take();
         for line in std::mem::take(&mut self.leftover) {
             let ts = self.next_ts(now);
             plain.push_lossy(ts, &line);

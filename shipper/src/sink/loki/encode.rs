@@ -37,7 +37,7 @@ pub(crate) fn encode(encoding: LokiEncoding, batch: &mut Batch) -> anyhow::Resul
         LokiEncoding::Json => json_gzip(batch),
         LokiEncoding::Protobuf => protobuf_snappy(batch),
     };
-    batch.streams = Vec::new();
+    batch.release_lines();
     body
 }
 
@@ -57,7 +57,10 @@ fn json_gzip(batch: &Batch) -> anyhow::Result<Body> {
         .into_inner()
         .map_err(|e| e.into_error())
         .context("gzipping a json batch")?;
-    let compressed = gz.finish().context("gzipping a json batch")?;
+    let mut compressed = gz.finish().context("gzipping a json batch")?;
+    // The body is kept for as long as the batch is in flight (8 at once by default): without its
+    // spare capacity, up to half of it after the output doubled.
+    compressed.shrink_to_fit();
     Ok(Body {
         bytes: Bytes::from(compressed),
         content_type: "application/json",
@@ -182,9 +185,11 @@ fn protobuf_snappy(batch: &Batch) -> anyhow::Result<Body> {
             put_string(2, line, &mut raw);
         }
     }
-    let compressed = snap::raw::Encoder::new()
+    let mut compressed = snap::raw::Encoder::new()
         .compress_vec(&raw)
         .context("snappy-compressing a protobuf batch")?;
+    // Sized for the worst case by snappy; kept in flight, so trimmed to what it holds.
+    compressed.shrink_to_fit();
     Ok(Body {
         bytes: Bytes::from(compressed),
         content_type: "application/x-protobuf",
