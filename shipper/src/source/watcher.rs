@@ -228,8 +228,10 @@ impl Watcher {
             match &mut self.decoder {
                 Decoder::Plain { .. } => {
                     // One allocation for the chunk's text: the lines are at most what was read
-                    // plus the unfinished line carried over.
-                    plain.reserve_text(n + self.splitter.pending_bytes() as usize);
+                    // plus the unfinished line carried over. Grown to about that and no more (a
+                    // pooled buffer of one block must not double for a few bytes of carry-over).
+                    let need = n + self.splitter.pending_bytes() as usize;
+                    plain.reserve_text_within(need, plain.text_len() + need + 4096);
                     let mut truncated = 0u64;
                     let last_ts = &mut self.last_ts;
                     self.splitter.feed(data, base, |line, cut, _| {
