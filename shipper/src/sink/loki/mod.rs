@@ -3,8 +3,9 @@
 //! [`run`] is one actor. It takes a [`Batch`] from a bounded channel only when its encoding thread
 //! (`encoder`) is free, encodes each once, and keeps up to the adaptive limit ([`arc`]) of them
 //! in flight as futures in `FuturesUnordered`s it owns (never detached tasks); a batch not yet
-//! taken waits in the channel, where it counts against the pipeline's bound. A batch is acknowledged exactly once: when Loki accepted it, or when
-//! Loki refused it for good (counted as `shipper_dropped_entries_total{reason="loki_rejected"}`).
+//! taken waits in the channel, where it counts against the pipeline's bound. A batch is
+//! acknowledged exactly once: when Loki accepted it, or when Loki refused it for good (counted as
+//! `shipper_dropped_entries_total{reason="loki_rejected"}`).
 //! Retryable failures are retried for as long as it takes, with capped exponential backoff and
 //! jitter, honouring `Retry-After`. A batch retrying keeps its slot, so an outage stops intake and
 //! the bounded channel pushes back on the readers: memory stays bounded and nothing is dropped.
