@@ -362,8 +362,8 @@ mod tests {
         ctx.send(chunk(0, &labels("a"), &["x"])).await.unwrap();
         ctx.send(chunk(1, &labels("a"), &["y"])).await.unwrap();
         tokio::time::sleep(Duration::from_secs(5)).await;
-        // Batch 0 fills the sink's channel. Chunk 1 stays queued as a chunk: the dispatcher does not
-        // take it to hold a second full batch beside the channel's.
+        // Batch 0 fills the sink's channel. Chunk 1 stays queued as a chunk: the dispatcher does
+        // not take it to hold a second full batch beside the channel's.
         assert_eq!(brx.len(), 1);
         assert!(
             ctx.try_send(chunk(2, &labels("a"), &["z"])).is_err(),
