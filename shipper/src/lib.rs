@@ -35,8 +35,8 @@ use crate::tasks::{TaskGrowth, TaskGrowthSettings};
 
 /// Chunks the reader may have queued ahead of the dispatcher (each at most ~256 KiB of lines).
 const CHUNK_QUEUE: usize = 2;
-/// Batches queued ahead of the sink.
-const BATCH_QUEUE: usize = 2;
+/// Batches queued ahead of the sink, the one being filled included (it fills a reserved slot).
+const BATCH_QUEUE: usize = 1;
 /// After the deadline, how long components get to write their last positions.
 const HARD_STOP_GRACE: Duration = Duration::from_secs(2);
 /// How long the debug server's thread gets to stop (within [`HARD_STOP_GRACE`]): its requests

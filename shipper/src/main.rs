@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser};
 use shipper::config::{Config, DEFAULT_CONFIG};
 
-/// Threads of the runtime's blocking pool (a Loki encoding, name resolution); the probe's CPU
-/// profiles and dumps run on its debug server's own pool since it left this runtime, so this
-/// could shrink once measured.
+/// Threads of the runtime's blocking pool: file writes and name lookups. Loki bodies are encoded
+/// on the sink's own thread, and the probe's profiles and dumps run on its debug server's own
+/// runtime, so this could shrink once measured.
 const BLOCKING_THREADS: usize = 3;
 
 const EXAMPLES: &str = "\
@@ -166,9 +166,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
     // is counted by spawn site.
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
-    // The blocking pool encodes Loki bodies (one at a time) and resolves names (the probe's
-    // profiles and dumps use the debug server's own): a few threads suffice, and each extra one
-    // that ran an encoding keeps its own malloc arena of encoding buffers (~2.4 MiB).
+    // The blocking pool writes files and resolves names: a few threads suffice, and each one that
+    // ran keeps its own malloc arena.
     builder.max_blocking_threads(BLOCKING_THREADS);
     let probe = diagtool::probe::Probe::builder("shipper")
         .addr(config.server.debug_addr)

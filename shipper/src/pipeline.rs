@@ -5,15 +5,20 @@
 //! at most `batch_max_bytes` of lines (a single longer line travels alone) and leaves at the latest
 //! `batch_max_wait` after its first line. Entries keep their read order within each stream. One
 //! task does all of this; nothing is spawned per line or per batch.
+//!
+//! Memory: the dispatcher starts a batch only once it holds a slot in the sink's channel (an
+//! `OwnedPermit`), so a full batch never waits in here for room: the lines in memory between
+//! the reader and the sink are at most the channel's batches, including the one being filled,
+//! plus the chunk queue.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::mpsc::{self, OwnedPermit};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::event::{AckRef, AckSender, Batch, Chunk, Labels, StreamBatch};
+use crate::event::{AckRef, AckSender, BATCH_TEXT, Batch, CHUNK_TEXT, Chunk, Labels, StreamBatch};
 
 /// How often a task blocked on a full channel still beats.
 const BEAT_EVERY: Duration = Duration::from_millis(500);
@@ -43,6 +48,25 @@ pub async fn send_beating<T>(
     }
 }
 
+/// A slot in `tx`'s channel, waiting for room while beating. `None` when `stop` fired or the
+/// receiver is gone.
+async fn reserve_beating<T>(
+    tx: &mpsc::Sender<T>,
+    stop: &CancellationToken,
+    beat: &(impl Fn() + Send + Sync),
+) -> Option<OwnedPermit<T>> {
+    let reserve = tx.clone().reserve_owned();
+    tokio::pin!(reserve);
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return None,
+            permit = &mut reserve => return permit.ok(),
+            _ = tokio::time::sleep(BEAT_EVERY) => beat(),
+        }
+    }
+}
+
 /// Batching limits.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchLimits {
@@ -59,6 +83,8 @@ struct Pending {
     acks: Vec<AckRef>,
     bytes: usize,
     since: Option<Instant>,
+    /// The sink channel's slot this batch will take. Held whenever the batch is not empty.
+    slot: Option<OwnedPermit<Batch>>,
 }
 
 impl Pending {
@@ -69,15 +95,46 @@ impl Pending {
             acks: Vec::new(),
             bytes: 0,
             since: None,
+            slot: None,
         }
     }
 
-    fn take(&mut self, ack_tx: &AckSender) -> Option<Batch> {
-        if self.acks.is_empty() {
-            return None;
+    /// Waits for a slot in the sink's channel unless one is held. False when the dispatcher must
+    /// stop.
+    async fn ensure_slot(
+        &mut self,
+        tx: &mpsc::Sender<Batch>,
+        stop: &CancellationToken,
+        beat: &(impl Fn() + Send + Sync),
+    ) -> bool {
+        if self.slot.is_none() {
+            self.slot = reserve_beating(tx, stop, beat).await;
         }
+        self.slot.is_some()
+    }
+
+    /// Sends the batch, if any, into its slot. False when the dispatcher must stop.
+    async fn ship(
+        &mut self,
+        tx: &mpsc::Sender<Batch>,
+        ack_tx: &AckSender,
+        stop: &CancellationToken,
+        beat: &(impl Fn() + Send + Sync),
+    ) -> bool {
+        if self.acks.is_empty() {
+            return true;
+        }
+        let slot = self.slot.take();
         let p = std::mem::replace(self, Pending::new());
-        Some(Batch::new(p.streams, p.acks, ack_tx.clone()))
+        let batch = Batch::new(p.streams, p.acks, ack_tx.clone());
+        match slot {
+            Some(slot) => {
+                slot.send(batch);
+                true
+            }
+            // Not reached while a non-empty batch always holds a slot; kept as the safe path.
+            None => send_beating(tx, batch, stop, beat).await,
+        }
     }
 }
 
@@ -93,14 +150,16 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut p = Pending::new();
     loop {
+        // A batch starts only with a slot in the sink's channel (see the module docs).
+        if !p.ensure_slot(&tx, &stop, &beat).await {
+            return Ok(());
+        }
         let deadline = p.since.map(|s| s + limits.max_wait);
         tokio::select! {
             biased;
             _ = stop.cancelled() => return Ok(()),
             _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)).await }, if deadline.is_some() => {
-                if let Some(b) = p.take(&ack_tx)
-                    && !send_beating(&tx, b, &stop, &beat).await
-                {
+                if !p.ship(&tx, &ack_tx, &stop, &beat).await {
                     return Ok(());
                 }
             }
@@ -111,9 +170,7 @@ pub async fn run(
                     }
                 }
                 None => {
-                    if let Some(b) = p.take(&ack_tx) {
-                        send_beating(&tx, b, &stop, &beat).await;
-                    }
+                    p.ship(&tx, &ack_tx, &stop, &beat).await;
                     return Ok(());
                 }
             },
@@ -133,38 +190,44 @@ async fn add(
     beat: &(impl Fn() + Send + Sync),
 ) -> bool {
     let ack = AckRef { chunk: chunk.id };
-    for (labels, lines) in chunk.streams {
+    for (labels, lines) in &chunk.streams {
         for (ts, line) in lines {
             if p.bytes > 0
                 && p.bytes + line.len() > limits.max_bytes
-                && let Some(b) = p.take(ack_tx)
-                && !send_beating(tx, b, stop, beat).await
+                && !(p.ship(tx, ack_tx, stop, beat).await && p.ensure_slot(tx, stop, beat).await)
             {
                 return false;
             }
             if p.since.is_none() {
                 p.since = Some(Instant::now());
             }
-            let idx = match p.index.get(&labels) {
+            let idx = match p.index.get(labels) {
                 Some(i) => *i,
                 None => {
                     p.streams.push(StreamBatch {
                         labels: labels.clone(),
-                        entries: Vec::new(),
+                        entries: BATCH_TEXT.take(),
                     });
                     p.index.insert(labels.clone(), p.streams.len() - 1);
                     p.streams.len() - 1
                 }
             };
+            // Copied into the batch's one text buffer (the chunk is freed once it is batched),
+            // which grows toward the batch limit but not past it.
+            let room = limits.max_bytes.saturating_sub(p.bytes);
+            let entries = &mut p.streams[idx].entries;
+            entries.reserve_text_within(line.len(), entries.text_len() + room);
+            entries.push(ts, line);
             p.bytes += line.len();
-            p.streams[idx].entries.push((ts, line));
             p.acks.push(ack);
         }
     }
-    if p.bytes >= limits.max_bytes
-        && let Some(b) = p.take(ack_tx)
-    {
-        return send_beating(tx, b, stop, beat).await;
+    // Every line is copied into the batch: the chunk's buffers go back to the reader.
+    for (_, lines) in chunk.streams {
+        CHUNK_TEXT.give(lines);
+    }
+    if p.bytes >= limits.max_bytes {
+        return p.ship(tx, ack_tx, stop, beat).await;
     }
     true
 }
@@ -188,7 +251,7 @@ mod tests {
                 lines
                     .iter()
                     .enumerate()
-                    .map(|(i, s)| (i as i64, s.to_string()))
+                    .map(|(i, s)| (i as i64, *s))
                     .collect(),
             )],
         }
@@ -214,7 +277,7 @@ mod tests {
             first.streams[0]
                 .entries
                 .iter()
-                .map(|e| e.1.as_str())
+                .map(|e| e.1)
                 .collect::<Vec<_>>(),
             ["aaaa", "bbbb"]
         );
@@ -274,13 +337,43 @@ mod tests {
         let task = tokio::spawn(run(crx, btx, atx, limits, stop.clone(), move || {
             b2.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }));
-        for i in 0..3 {
+        for i in 0..2 {
             ctx.send(chunk(i, &labels("a"), &["x"])).await.unwrap();
         }
         // The sink takes nothing: the chunk channel stays full and the dispatcher blocked, beating.
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert!(ctx.try_send(chunk(9, &labels("a"), &["x"])).is_err());
         assert!(beats.load(std::sync::atomic::Ordering::Relaxed) >= 5);
+        stop.cancel();
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_batch_is_built_while_the_sink_channel_is_full() {
+        let (ctx, crx) = mpsc::channel(1);
+        let (btx, mut brx) = mpsc::channel(1);
+        let (atx, _arx) = mpsc::unbounded_channel();
+        let limits = BatchLimits {
+            max_bytes: 1,
+            max_wait: Duration::from_secs(1),
+        };
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(crx, btx, atx, limits, stop.clone(), || {}));
+        ctx.send(chunk(0, &labels("a"), &["x"])).await.unwrap();
+        ctx.send(chunk(1, &labels("a"), &["y"])).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        // Batch 0 fills the sink's channel. Chunk 1 stays queued as a chunk: the dispatcher does
+        // not take it to hold a second full batch beside the channel's.
+        assert_eq!(brx.len(), 1);
+        assert!(
+            ctx.try_send(chunk(2, &labels("a"), &["z"])).is_err(),
+            "the dispatcher took chunk 1 although the sink had no room for its batch"
+        );
+        // Room in the sink's channel lets the next batch through, in order.
+        let first = brx.recv().await.unwrap();
+        assert_eq!(first.streams[0].entries.iter().next(), Some((0, "x")));
+        let second = brx.recv().await.unwrap();
+        assert_eq!(second.streams[0].entries.iter().next(), Some((0, "y")));
         stop.cancel();
         task.await.unwrap().unwrap();
     }

@@ -33,7 +33,7 @@ fn one_line_batch(line: &str, chunk: u64, ack_tx: shipper::event::AckSender) -> 
     let labels = Arc::new(BTreeMap::from([("job".to_owned(), "leak".to_owned())]));
     let stream = StreamBatch {
         labels,
-        entries: vec![(1_700_000_000_000_000_000, line.to_owned())],
+        entries: [(1_700_000_000_000_000_000, line)].into(),
     };
     Batch::new(vec![stream], vec![AckRef { chunk }], ack_tx)
 }
@@ -109,7 +109,7 @@ fn the_dispatcher_leaves_no_tasks() {
         let labels = Arc::new(BTreeMap::from([("job".to_owned(), "leak".to_owned())]));
         let chunk = Chunk {
             id: 7,
-            streams: vec![(labels, vec![(1, "a".to_owned()), (2, "b".to_owned())])],
+            streams: vec![(labels, [(1, "a"), (2, "b")].into())],
         };
         chunk_tx.send(chunk).await.unwrap();
         let batch = tokio::time::timeout(LIMIT, batch_rx.recv())

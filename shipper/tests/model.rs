@@ -60,7 +60,7 @@ async fn receive_until(
             .flat_map(|(_, l)| l.iter().map(|_| shipper::event::AckRef { chunk: chunk.id }))
             .collect();
         for (_, lines) in chunk.streams {
-            got.extend(lines.into_iter().map(|(_, l)| l));
+            got.extend(lines.into_iter().map(|(_, l)| l.to_owned()));
         }
         checkpoint::with(ledger, |l| l.ack(&acks));
     }

@@ -65,7 +65,7 @@ pub async fn run(
         })?;
     let mut buf = Vec::with_capacity(2 << 20);
     loop {
-        let Some(batch) = super::next_batch(&mut batches, &stop, &beat).await else {
+        let Some(mut batch) = super::next_batch(&mut batches, &stop, &beat).await else {
             return Ok(());
         };
         buf.clear();
@@ -78,6 +78,8 @@ pub async fn run(
             .with_context(|| format!("cannot write to the file sink '{}'", path.display()))?;
         metrics::histogram!("shipper_sink_write_seconds").record(started.elapsed().as_secs_f64());
         record_sent(&batch, n);
+        // Written: the text buffers go back for the next batches.
+        batch.release_lines();
         batch.acknowledge();
     }
 }
@@ -99,7 +101,7 @@ mod tests {
         let batch = Batch::new(
             vec![StreamBatch {
                 labels,
-                entries: vec![(17, "q\"b\\t\tx".into()), (18, "ü".into())],
+                entries: [(17, "q\"b\\t\tx"), (18, "ü")].into(),
             }],
             vec![AckRef { chunk: 4 }; 2],
             atx,

@@ -21,7 +21,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut buf = Vec::with_capacity(2 << 20);
     loop {
-        let Some(batch) = super::next_batch(&mut batches, &stop, &beat).await else {
+        let Some(mut batch) = super::next_batch(&mut batches, &stop, &beat).await else {
             return Ok(());
         };
         buf.clear();
@@ -31,6 +31,8 @@ pub async fn run(
             .and_then(|()| out.flush())
             .context("cannot write to stdout")?;
         record_sent(&batch, n);
+        // Written: the text buffers go back for the next batches.
+        batch.release_lines();
         batch.acknowledge();
     }
 }

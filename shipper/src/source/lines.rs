@@ -4,7 +4,8 @@
 //! emitted line is always a line boundary (what checkpoints store). A line longer than `max` keeps
 //! its first `max` bytes, the rest is skipped, and it is still emitted (marked truncated) when its
 //! newline arrives; memory per file stays at most `max`. Bytes are passed through untouched (no
-//! `\r` stripping); UTF-8 repair happens in [`to_text`].
+//! `\r` stripping); UTF-8 repair happens in [`Lines::push_lossy`](crate::event::Lines::push_lossy)
+//! (or [`to_text`] for one owned line).
 
 /// Splits bytes into lines of at most `max` bytes.
 #[derive(Debug)]

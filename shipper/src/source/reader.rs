@@ -30,7 +30,7 @@ use crate::source::fingerprint::{FileId, Fingerprint};
 use crate::source::watcher::{Decoder, READ_BLOCK, ReadOutput, Watcher};
 
 /// Bytes read from one file per pass before moving to the next file.
-pub const BUDGET: usize = 256 * 1024;
+pub const BUDGET: usize = 128 * 1024;
 /// A finishing file idle at its end this long is closed.
 const FINISH_GRACE: Duration = Duration::from_millis(1000);
 /// Longest idle sleep when no filesystem event arrives.

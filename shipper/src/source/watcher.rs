@@ -13,14 +13,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crate::event::Labels;
+use crate::event::{CHUNK_TEXT, Labels, Lines};
 use crate::source::SourceEvents;
 use crate::source::docker::{DockerDecoder, Stream};
 use crate::source::fingerprint::{FileId, Fingerprint};
-use crate::source::lines::{LineSplitter, to_text};
+use crate::source::lines::LineSplitter;
 
 /// Size of one `read(2)`.
-pub(crate) const READ_BLOCK: usize = 256 * 1024;
+pub(crate) const READ_BLOCK: usize = 128 * 1024;
 
 /// How a watcher's bytes become entries.
 #[derive(Debug)]
@@ -41,7 +41,7 @@ pub(crate) enum Decoder {
 #[derive(Debug, Default)]
 pub(crate) struct ReadOutput {
     /// Lines per stream.
-    pub(crate) streams: Vec<(Labels, Vec<(i64, String)>)>,
+    pub(crate) streams: Vec<(Labels, Lines)>,
     /// Offset just past the last complete line (what the checkpoint may advance to).
     pub(crate) end_offset: u64,
     /// Bytes read in this pass.
@@ -195,13 +195,19 @@ impl Watcher {
     ) -> io::Result<ReadOutput> {
         let mut out = ReadOutput::default();
         let now = now_ns();
-        let mut plain: Vec<(i64, String)> = Vec::new();
-        let mut so: Vec<(i64, String)> = Vec::new();
-        let mut se: Vec<(i64, String)> = Vec::new();
+        // Leftover lines (salvaged from before a truncation) lead the chunk; a Docker file ships
+        // them on stdout.
+        let mut plain = CHUNK_TEXT.take();
         for line in std::mem::take(&mut self.leftover) {
             let ts = self.next_ts(now);
-            plain.push((ts, to_text(&line)));
+            plain.push_lossy(ts, &line);
         }
+        let mut so = if matches!(self.decoder, Decoder::Docker { .. }) {
+            std::mem::take(&mut plain)
+        } else {
+            Lines::new()
+        };
+        let mut se = Lines::new();
         loop {
             if out.bytes as usize >= budget {
                 break;
@@ -221,13 +227,18 @@ impl Watcher {
             let data = &buf[..n];
             match &mut self.decoder {
                 Decoder::Plain { .. } => {
+                    // One allocation for the chunk's text: the lines are at most what was read
+                    // plus the unfinished line carried over. Grown to about that and no more (a
+                    // pooled buffer of one block must not double for a few bytes of carry-over).
+                    let need = n + self.splitter.pending_bytes() as usize;
+                    plain.reserve_text_within(need, plain.text_len() + need + 4096);
                     let mut truncated = 0u64;
                     let last_ts = &mut self.last_ts;
                     self.splitter.feed(data, base, |line, cut, _| {
                         truncated += u64::from(cut);
                         let ts = now.max(*last_ts + 1);
                         *last_ts = ts;
-                        plain.push((ts, to_text(line)));
+                        plain.push_lossy(ts, line);
                     });
                     if truncated > 0 {
                         events.lines_truncated(&self.path_str, truncated);
@@ -244,7 +255,7 @@ impl Watcher {
                             // A record longer than max_line_bytes cannot be parsed; count it.
                             events.docker_invalid(path, "record longer than max_line_bytes");
                             events.lines_truncated(path, 1);
-                            so.push((now, to_text(record)));
+                            so.push_lossy(now, record);
                         } else {
                             match decoder.decode(record) {
                                 Ok(Some((stream, ts, line, t))) => {
@@ -256,13 +267,13 @@ impl Watcher {
                                     } else {
                                         &mut se
                                     };
-                                    v.push((ts, to_text(&line)));
+                                    v.push_lossy(ts, &line);
                                 }
                                 Ok(None) => {}
                                 Err(e) => {
                                     // Ship the raw record rather than lose it.
                                     events.docker_invalid(path, &e.to_string());
-                                    so.push((now, to_text(record)));
+                                    so.push_lossy(now, record);
                                 }
                             }
                         }
@@ -288,9 +299,6 @@ impl Watcher {
                 ..
             } => {
                 out.end_offset = *safe_offset;
-                if !plain.is_empty() {
-                    so.splice(0..0, plain);
-                }
                 if !so.is_empty() {
                     out.streams.push((Arc::clone(stdout), so));
                 }
@@ -324,10 +332,11 @@ impl Watcher {
             }
         };
         if !lines.is_empty() {
-            let v = lines
-                .iter()
-                .map(|l| (self.next_ts(now), to_text(l)))
-                .collect();
+            let mut v = Lines::new();
+            for l in &lines {
+                let ts = self.next_ts(now);
+                v.push_lossy(ts, l);
+            }
             out.streams.push((labels, v));
         }
         out

@@ -1,9 +1,11 @@
 //! The Grafana Loki sink: push API, JSON+gzip or protobuf+snappy, retries, adaptive concurrency.
 //!
-//! [`run`] is one actor. It takes [`Batch`]es from a bounded channel, encodes each once, and keeps
-//! up to the adaptive limit ([`arc`]) of them in flight as futures in a `FuturesUnordered` it owns
-//! (never detached tasks). A batch is acknowledged exactly once: when Loki accepted it, or when
-//! Loki refused it for good (counted as `shipper_dropped_entries_total{reason="loki_rejected"}`).
+//! [`run`] is one actor. It takes a [`Batch`] from a bounded channel only when its encoding thread
+//! (`encoder`) is free, encodes each once, and keeps up to the adaptive limit ([`arc`]) of them
+//! in flight as futures in `FuturesUnordered`s it owns (never detached tasks); a batch not yet
+//! taken waits in the channel, where it counts against the pipeline's bound. A batch is
+//! acknowledged exactly once: when Loki accepted it, or when Loki refused it for good (counted as
+//! `shipper_dropped_entries_total{reason="loki_rejected"}`).
 //! Retryable failures are retried for as long as it takes, with capped exponential backoff and
 //! jitter, honouring `Retry-After`. A batch retrying keeps its slot, so an outage stops intake and
 //! the bounded channel pushes back on the readers: memory stays bounded and nothing is dropped.
@@ -17,35 +19,39 @@
 
 mod arc;
 mod encode;
+mod encoder;
 mod send;
 mod telemetry;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
 use http::HeaderValue;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use self::arc::{AdaptiveConcurrency, Feedback};
 use self::encode::Body;
+use self::encoder::EncoderThread;
 use self::send::{Outcome, RateLimitedLog, Target};
 use crate::event::Batch;
 
 /// The push path appended to [`LokiSettings::url`].
 pub const PUSH_PATH: &str = "/loki/api/v1/push";
 
-/// Batches encoded at once. Each encoding holds its JSON text, the compressor's state and its
-/// output (~2.5 MiB for a 1 MiB batch), on a blocking-pool thread whose malloc arena keeps that
-/// memory afterwards: with one encoder per request in flight, a 1M-line benchmark left 5 arenas
-/// of ~2.4 MiB each (3 with one encoder). Gzip at the fastest level keeps up with the reader on
+/// Batches encoded at once, on the sink's one encoding thread ([`encoder`]). Each encoding holds
+/// the compressor's state and its output. Gzip at the fastest level keeps up with the reader on
 /// one thread; this costs parallelism, not CPU.
+///
+/// The sink takes a batch from its channel only when an encoder is free: a batch taken earlier
+/// would wait here with all its lines (about 1.1x `batch_max_bytes` each) instead of in the
+/// bounded channel, which with 8 requests in flight held up to 7 such batches (~9 MiB) beside
+/// the channel's own.
 const ENCODERS: usize = 1;
 
 /// How often `run` calls its heartbeat, busy or idle (an outage is not a hang: it still beats).
@@ -172,55 +178,45 @@ struct Job {
     attempts: u32,
 }
 
-/// What an in-flight future ends with.
+/// What an encoding ends with.
 #[derive(Debug)]
-enum Finished {
-    /// An attempt ended: the job back, what happened, how long the request took.
-    Attempt(Job, Outcome, Duration),
+enum Encoded {
+    /// The body is built: the job is ready for its first attempt.
+    Ready(Job),
     /// The batch could not be encoded (a bug, never input: any valid `Batch` encodes).
     Unencodable(Batch, String),
-    /// The runtime is shutting down and dropped the encoding; the batch is re-read after restart.
+    /// The encoding thread is gone; the batch is re-read after restart.
     Abandoned,
 }
 
-/// A batch in flight: encoding, waiting to retry, or being sent.
-type InFlight = Pin<Box<dyn Future<Output = Finished> + Send>>;
+/// A batch being encoded.
+type Encoding = Pin<Box<dyn Future<Output = Encoded> + Send>>;
 
-/// Encodes a new batch on the blocking pool (the loop stays free), at most [`ENCODERS`] at a
-/// time, then makes its first attempt. If `run` drops this future mid-encoding, the encoding
-/// finishes on its own (one batch, milliseconds) and is discarded.
-fn start_batch(
-    target: &Target,
-    encoders: &Arc<Semaphore>,
-    encoding: LokiEncoding,
-    batch: Batch,
-) -> InFlight {
-    let target = target.clone();
-    let encoders = Arc::clone(encoders);
+/// A batch sending or waiting to retry; ends with the attempt's job, outcome and duration.
+type InFlight = Pin<Box<dyn Future<Output = (Job, Outcome, Duration)> + Send>>;
+
+/// Encodes a batch on the sink's encoding thread ([`encoder`]), so the loop stays free. If `run`
+/// drops this future mid-encoding, the encoding finishes on its own (one batch, milliseconds) and
+/// is discarded.
+fn encode_batch(encoder: &EncoderThread, encoding: LokiEncoding, batch: Batch) -> Encoding {
+    let encoded = encoder.encode(encoding, batch);
     Box::pin(async move {
-        // Never closed, so acquiring only waits. The permit lives until the body is built.
-        let permit = encoders.acquire_owned().await.ok();
-        let encoded = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            let mut batch = batch;
-            let body = encode::encode(encoding, &mut batch);
-            (batch, body)
-        })
-        .await;
-        match encoded {
-            Ok((batch, Ok(body))) => {
-                let job = Job {
-                    batch,
-                    body,
-                    attempts: 0,
-                };
-                attempt(&target, job).await
-            }
-            Ok((batch, Err(e))) => Finished::Unencodable(batch, format!("{e:#}")),
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(_) => Finished::Abandoned,
+        match encoded.await {
+            Ok(Ok((batch, Ok(body)))) => Encoded::Ready(Job {
+                batch,
+                body,
+                attempts: 0,
+            }),
+            Ok(Ok((batch, Err(e)))) => Encoded::Unencodable(batch, format!("{e:#}")),
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            Err(_) => Encoded::Abandoned,
         }
     })
+}
+
+fn first_attempt(target: &Target, job: Job) -> InFlight {
+    let target = target.clone();
+    Box::pin(async move { attempt(&target, job).await })
 }
 
 fn retry_later(target: &Target, job: Job, delay: Duration) -> InFlight {
@@ -231,10 +227,10 @@ fn retry_later(target: &Target, job: Job, delay: Duration) -> InFlight {
     })
 }
 
-async fn attempt(target: &Target, job: Job) -> Finished {
+async fn attempt(target: &Target, job: Job) -> (Job, Outcome, Duration) {
     let started = Instant::now();
     let outcome = send::attempt(target, &job.body).await;
-    Finished::Attempt(job, outcome, started.elapsed())
+    (job, outcome, started.elapsed())
 }
 
 /// Runs the sink until `batches` is closed and drained, or `stop` is cancelled. See the
@@ -262,7 +258,7 @@ async fn attempt(target: &Target, job: Job) -> Finished {
 /// let sink = tokio::spawn(run(settings, rx, CancellationToken::new(), || {}));
 ///
 /// let labels = Arc::new(BTreeMap::from([("job".to_owned(), "app".to_owned())]));
-/// let stream = StreamBatch { labels, entries: vec![(1_700_000_000_000_000_000, "hello".into())] };
+/// let stream = StreamBatch { labels, entries: [(1_700_000_000_000_000_000, "hello")].into() };
 /// tx.send(Batch::new(vec![stream], vec![AckRef { chunk: 1 }], ack_tx)).await?;
 /// assert_eq!(acks.recv().await, Some(vec![AckRef { chunk: 1 }]));
 ///
@@ -278,57 +274,59 @@ pub async fn run(
     beat: impl Fn() + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
     let target = settings.target()?;
+    let encoder = EncoderThread::start().context("starting the loki encoding thread")?;
     telemetry::describe();
     let mut arc = AdaptiveConcurrency::new(settings.max_concurrency, Instant::now());
     telemetry::concurrency(arc.limit());
     let mut in_flight: FuturesUnordered<InFlight> = FuturesUnordered::new();
-    let encoders = Arc::new(Semaphore::new(ENCODERS));
+    let mut encoding: FuturesUnordered<Encoding> = FuturesUnordered::new();
     let mut log = RateLimitedLog::default();
     let mut beat_every = tokio::time::interval(BEAT_EVERY);
     beat_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut open = true;
     tracing::info!(url = %target.url, encoding = ?settings.encoding, "loki sink started");
 
-    while open || !in_flight.is_empty() {
+    while open || !in_flight.is_empty() || !encoding.is_empty() {
+        // A batch is taken only when an encoder is free and a request slot will be (see ENCODERS).
+        let room = encoding.len() < ENCODERS && in_flight.len() + encoding.len() < arc.limit();
         tokio::select! {
             biased;
             () = stop.cancelled() => {
-                if !in_flight.is_empty() {
+                if !in_flight.is_empty() || !encoding.is_empty() {
                     tracing::info!(
-                        batches = in_flight.len(),
+                        batches = in_flight.len() + encoding.len(),
                         "loki sink stopped with batches in flight; they are re-read after restart"
                     );
                 }
                 return Ok(());
             }
             _ = beat_every.tick() => beat(),
-            Some(finished) = in_flight.next(), if !in_flight.is_empty() => {
+            Some((job, outcome, took)) = in_flight.next(), if !in_flight.is_empty() => {
                 let before = arc.limit();
-                match finished {
-                    Finished::Attempt(job, outcome, took) => {
-                        if let Some((job, delay)) =
-                            finish_attempt(job, outcome, took, &settings, &mut arc, &mut log)
-                        {
-                            in_flight.push(retry_later(&target, job, delay));
-                        }
-                    }
-                    Finished::Unencodable(batch, error) => {
-                        tracing::error!(%error, entries = batch.entries,
-                            "could not encode a batch for loki; dropped and counted (a bug: report it)");
-                        telemetry::dropped(batch.entries, telemetry::REASON_UNENCODABLE);
-                        batch.acknowledge();
-                    }
-                    Finished::Abandoned => {}
+                if let Some((job, delay)) =
+                    finish_attempt(job, outcome, took, &settings, &mut arc, &mut log)
+                {
+                    in_flight.push(retry_later(&target, job, delay));
                 }
                 if arc.limit() != before {
                     telemetry::concurrency(arc.limit());
                 }
             }
-            next = batches.recv(), if open && in_flight.len() < arc.limit() => match next {
-                Some(batch) => {
-                    in_flight.push(start_batch(&target, &encoders, settings.encoding, batch));
+            Some(encoded) = encoding.next(), if !encoding.is_empty() => match encoded {
+                Encoded::Ready(job) => {
+                    in_flight.push(first_attempt(&target, job));
                     arc.on_send(in_flight.len());
                 }
+                Encoded::Unencodable(batch, error) => {
+                    tracing::error!(%error, entries = batch.entries,
+                        "could not encode a batch for loki; dropped and counted (a bug: report it)");
+                    telemetry::dropped(batch.entries, telemetry::REASON_UNENCODABLE);
+                    batch.acknowledge();
+                }
+                Encoded::Abandoned => {}
+            },
+            next = batches.recv(), if open && room => match next {
+                Some(batch) => encoding.push(encode_batch(&encoder, settings.encoding, batch)),
                 None => open = false,
             },
         }
