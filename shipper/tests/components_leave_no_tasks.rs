@@ -265,24 +265,32 @@ fn the_reader_leaves_no_tasks() {
     });
 }
 
-#[test]
-fn the_whole_shipper_leaves_no_tasks() {
-    let (rt, registry) = test_runtime().unwrap();
+/// Runs the whole shipper (`run_with` and `diagnostics`) on a file source holding `line` until the
+/// line reaches the file sink, calls `running` while it runs, then stops it by its signal; returns
+/// once `run_with` returned, with every task checked by the guard.
+fn run_whole_shipper(
+    diagnostics: shipper::Diagnostics,
+    registry: &diagtool::probe::TaskRegistry,
+    rt: &tokio::runtime::Runtime,
+    line: &str,
+    running: impl AsyncFnOnce(),
+) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("logs")).unwrap();
-    std::fs::write(dir.path().join("logs/app.log"), "through the shipper\n").unwrap();
+    std::fs::write(dir.path().join("logs/app.log"), format!("{line}\n")).unwrap();
     let config = file_config(dir.path());
     let out = dir.path().join("data/out.jsonl");
     rt.block_on(async {
-        let guard = LeakGuard::new(&registry);
+        let guard = LeakGuard::new(registry);
         let (signal_tx, signal_rx) = oneshot::channel::<()>();
-        let shipper = tokio::spawn(shipper::run(config, None, async {
+        let shipper = tokio::spawn(shipper::run_with(config, diagnostics, async {
             let _ = signal_rx.await;
         }));
         wait_until("the line in the file sink", || {
-            std::fs::read_to_string(&out).is_ok_and(|t| t.contains("through the shipper"))
+            std::fs::read_to_string(&out).is_ok_and(|t| t.contains(line))
         })
         .await;
+        running().await;
         signal_tx.send(()).unwrap();
         tokio::time::timeout(LIMIT, shipper)
             .await
@@ -291,6 +299,18 @@ fn the_whole_shipper_leaves_no_tasks() {
             .unwrap();
         guard.assert_clean().await;
     });
+}
+
+#[test]
+fn the_whole_shipper_leaves_no_tasks() {
+    let (rt, registry) = test_runtime().unwrap();
+    run_whole_shipper(
+        shipper::Diagnostics::default(),
+        &registry,
+        &rt,
+        "through the shipper",
+        async || {},
+    );
 }
 
 /// Threads of this process named `name` (`/proc/self/task/*/comm`).
@@ -312,39 +332,24 @@ fn the_whole_shipper_with_its_debug_server_leaves_no_tasks_nor_thread() {
         .addr("127.0.0.1:0".parse().unwrap())
         .with_registry(registry.clone())
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("logs")).unwrap();
-    std::fs::write(dir.path().join("logs/app.log"), "with a debug port\n").unwrap();
-    let config = file_config(dir.path());
-    let out = dir.path().join("data/out.jsonl");
-    rt.block_on(async {
-        let guard = LeakGuard::new(&registry);
-        let (signal_tx, signal_rx) = oneshot::channel::<()>();
-        let diagnostics = shipper::Diagnostics {
-            probe: Some(probe),
-            ..Default::default()
-        };
-        let shipper = tokio::spawn(shipper::run_with(config, diagnostics, async {
-            let _ = signal_rx.await;
-        }));
-        wait_until("the line in the file sink", || {
-            std::fs::read_to_string(&out).is_ok_and(|t| t.contains("with a debug port"))
-        })
-        .await;
-        wait_until("the debug thread", || threads_named(debug_thread) == 1).await;
-        signal_tx.send(()).unwrap();
-        tokio::time::timeout(LIMIT, shipper)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            threads_named(debug_thread),
-            0,
-            "the debug thread outlived run_with"
-        );
-        guard.assert_clean().await;
-    });
+    let diagnostics = shipper::Diagnostics {
+        probe: Some(probe),
+        ..Default::default()
+    };
+    run_whole_shipper(
+        diagnostics,
+        &registry,
+        &rt,
+        "with a debug port",
+        async || {
+            wait_until("the debug thread", || threads_named(debug_thread) == 1).await;
+        },
+    );
+    assert_eq!(
+        threads_named(debug_thread),
+        0,
+        "the debug thread outlived run_with"
+    );
 }
 
 /// A taken debug port fails the start with the key to fix, and nothing started is left behind.

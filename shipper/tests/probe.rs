@@ -114,22 +114,6 @@ fn the_fixed_leak_lab_spawns_from_the_same_site_but_ends_its_tasks() {
     assert!(shipper.terminate(Duration::from_secs(15)).success());
 }
 
-/// The response head of a GET, lower-cased.
-fn head_of(addr: &str, path: &str) -> String {
-    use std::io::Write as _;
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).unwrap();
-    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    String::from_utf8_lossy(&buf[..end]).to_lowercase()
-}
-
 /// A deploy that overwrites the binary under a running shipper: dumps and profiles resolve
 /// symbols from the file on disk, so they must say that file is no longer the one running.
 #[test]
@@ -139,14 +123,14 @@ fn answers_whose_symbols_come_from_a_replaced_binary_carry_a_warning() {
     std::fs::copy(support::BIN, &copy).unwrap();
     let shipper = env.start_bin(copy.to_str().unwrap());
     let debug = shipper.debug_addr.clone();
-    assert!(!head_of(&debug, "/debug/tasks/dump").contains("\r\nwarning:"));
+    assert!(!support::http_head(&debug, "/debug/tasks/dump").contains("\r\nwarning:"));
     std::fs::remove_file(&copy).unwrap();
     for path in [
         "/debug/tasks/dump",
         "/debug/pprof/tasks?debug=1",
         "/debug/pprof/tasks?debug=0",
     ] {
-        let head = head_of(&debug, path);
+        let head = support::http_head(&debug, path);
         assert!(head.starts_with("http/1.1 200"), "{path}: {head}");
         assert!(
             head.contains("\r\nwarning: 199 diagtool \"the executable ")
@@ -155,7 +139,7 @@ fn answers_whose_symbols_come_from_a_replaced_binary_carry_a_warning() {
         );
     }
     // A snapshot needs no symbols: no warning there.
-    assert!(!head_of(&debug, "/debug/tasks").contains("\r\nwarning:"));
+    assert!(!support::http_head(&debug, "/debug/tasks").contains("\r\nwarning:"));
     let (_, index) = shipper.debug_get("/debug/");
     assert!(
         index.contains("Warning:</strong> the executable"),

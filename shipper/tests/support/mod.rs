@@ -272,17 +272,34 @@ impl Drop for Shipper {
     }
 }
 
-/// A minimal HTTP/1.1 GET over loopback with a bounded timeout.
-pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+/// The raw answer (head and body) to a minimal HTTP/1.1 GET over loopback, read with `timeout`,
+/// with a bearer `token` if given.
+pub fn raw_get(addr: &str, path: &str, token: Option<&str>, timeout: Duration) -> Vec<u8> {
     let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_read_timeout(Some(timeout)).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
     )
     .unwrap();
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).unwrap();
+    buf
+}
+
+/// The response head of a GET, lower-cased.
+pub fn http_head(addr: &str, path: &str) -> String {
+    let buf = raw_get(addr, path, None, Duration::from_secs(30));
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    String::from_utf8_lossy(&buf[..end]).to_lowercase()
+}
+
+/// A minimal HTTP/1.1 GET over loopback with a bounded timeout.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let buf = raw_get(addr, path, None, Duration::from_secs(10));
     let text = String::from_utf8_lossy(&buf).to_string();
     let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
     let body = text
@@ -305,18 +322,7 @@ pub fn run_bin(args: &[&str]) -> (i32, String, String) {
 /// A GET over loopback (bounded timeout) with an optional bearer token: (status, body bytes).
 /// Decodes a chunked body.
 pub fn http_get_bytes(addr: &str, path: &str, token: Option<&str>) -> (u16, Vec<u8>) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(70))).unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).unwrap();
+    let buf = raw_get(addr, path, token, Duration::from_secs(70));
     let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
     let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
     let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
