@@ -14,14 +14,18 @@ use console_api::instrument::InstrumentRequest;
 use console_api::instrument::instrument_client::InstrumentClient;
 use support::{Env, wait_until};
 
-/// The supervisor's component names that every shipper with a file sink runs.
+/// The supervisor's components of a shipper with a file sink, its probe, the console and the leak
+/// lab: every one is spawned through the probe, so every one must arrive named.
 const COMPONENTS: &[&str] = &[
     "server",
+    "debug-server",
+    "task-health",
+    "console",
+    "leak-lab",
     "checkpointer",
     "sink",
     "dispatcher",
     "reader",
-    "leak-lab",
 ];
 
 /// A task as the console sees it: its `task.name` field (if any) and its spawn location.
