@@ -9,6 +9,10 @@
 //! Every function here is `#[track_caller]` down to tokio's spawn, so the spawn site recorded by
 //! the registry is the caller's line, not a line in this file.
 //!
+//! The three spawn functions repeat their few lines on purpose: a shared helper would have to
+//! take the spawn as a closure, and closures cannot be `#[track_caller]` on stable Rust, so every
+//! task's spawn site would become a line of this file.
+//!
 //! The name also goes to tokio itself (`task::Builder::name`), which puts it on the task's
 //! `runtime.spawn` span: tokio-console and any other tracing consumer then show the same name
 //! the registry does.
