@@ -25,6 +25,15 @@ use tokio_util::sync::CancellationToken;
 /// Bound on every wait in these tests; they finish in well under a second when healthy.
 const LIMIT: Duration = Duration::from_secs(20);
 
+/// Waits (at most [`LIMIT`]) for a component's task to end, and checks it ended with `Ok`.
+async fn ends_cleanly(task: tokio::task::JoinHandle<anyhow::Result<()>>) {
+    tokio::time::timeout(LIMIT, task)
+        .await
+        .expect("the component ends in time")
+        .expect("the component does not panic")
+        .expect("the component ends without error");
+}
+
 fn beat() -> impl Fn() + Send + Sync + 'static {
     || {}
 }
@@ -118,11 +127,7 @@ fn the_dispatcher_leaves_no_tasks() {
             .unwrap();
         assert_eq!(batch.entries, 2);
         drop(chunk_tx); // the reader is gone: the dispatcher flushes and ends
-        tokio::time::timeout(LIMIT, dispatcher)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        ends_cleanly(dispatcher).await;
         assert!(batch_rx.recv().await.is_none(), "the sink's channel closes");
         guard.assert_clean().await;
     });
@@ -146,11 +151,7 @@ fn the_checkpointer_leaves_no_tasks() {
         ));
         ack_tx.send(vec![AckRef { chunk: 1 }]).unwrap();
         drop(ack_tx); // every acknowledgement sender gone: a graceful end
-        tokio::time::timeout(LIMIT, checkpointer)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        ends_cleanly(checkpointer).await;
         guard.assert_clean().await;
     });
 }
@@ -176,11 +177,7 @@ fn the_file_sink_leaves_no_tasks() {
         let acked = tokio::time::timeout(LIMIT, acks.recv()).await.unwrap();
         assert_eq!(acked, Some(vec![AckRef { chunk: 3 }]));
         drop(tx);
-        tokio::time::timeout(LIMIT, sink)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        ends_cleanly(sink).await;
         guard.assert_clean().await;
     });
     let written = std::fs::read_to_string(&out).unwrap();
@@ -217,11 +214,7 @@ fn the_loki_sink_leaves_no_tasks() {
             assert!(acked.is_some());
         }
         drop(tx); // drains what is in flight and ends; its http client (and pool) goes with it
-        tokio::time::timeout(LIMIT, sink)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        ends_cleanly(sink).await;
         assert_eq!(loki.count(), 3);
         loki.shutdown().await;
         guard.assert_clean().await;
@@ -256,11 +249,7 @@ fn the_reader_leaves_no_tasks() {
             .unwrap();
         assert_eq!(chunk.lines(), 2);
         stop.cancel();
-        tokio::time::timeout(LIMIT, reader)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        ends_cleanly(reader).await;
         guard.assert_clean().await;
     });
 }
@@ -292,11 +281,7 @@ fn run_whole_shipper(
         .await;
         running().await;
         signal_tx.send(()).unwrap();
-        tokio::time::timeout(LIMIT, shipper)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        ends_cleanly(shipper).await;
         guard.assert_clean().await;
     });
 }

@@ -541,23 +541,36 @@ struct NsString(i64);
 impl Serialize for NsString {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut buf = [0u8; 20];
-        let mut at = buf.len();
-        let mut n = self.0.unsigned_abs();
-        loop {
-            at -= 1;
-            buf[at] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        if self.0 < 0 {
-            at -= 1;
-            buf[at] = b'-';
-        }
-        // Only ASCII digits and '-' were written.
-        s.serialize_str(std::str::from_utf8(&buf[at..]).unwrap_or_default())
+        s.serialize_str(decimal(self.0, &mut buf))
     }
+}
+
+/// `n` in decimal, written at the end of `buf` (20 bytes hold any i64 with its sign), without
+/// allocating: Loki's JSON carries every timestamp as a decimal string.
+///
+/// # Examples
+/// ```
+/// let mut buf = [0u8; 20];
+/// assert_eq!(diagtool::loki::wire::decimal(-42, &mut buf), "-42");
+/// assert_eq!(diagtool::loki::wire::decimal(i64::MIN, &mut buf), "-9223372036854775808");
+/// ```
+pub fn decimal(n: i64, buf: &mut [u8; 20]) -> &str {
+    let mut at = buf.len();
+    let mut v = n.unsigned_abs();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    if n < 0 {
+        at -= 1;
+        buf[at] = b'-';
+    }
+    // Only ASCII digits and '-' were written.
+    std::str::from_utf8(&buf[at..]).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use diagtool::loki::wire::{Timestamp, write_labels};
+use diagtool::loki::wire::{Timestamp, decimal, write_labels};
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
@@ -128,26 +128,6 @@ impl Serialize for JsonValue<'_> {
         t.serialize_element(self.1)?;
         t.end()
     }
-}
-
-/// `n` in decimal, written at the end of `buf` (20 bytes hold any i64 with its sign).
-fn decimal(n: i64, buf: &mut [u8; 20]) -> &str {
-    let mut at = buf.len();
-    let mut v = n.unsigned_abs();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    if n < 0 {
-        at -= 1;
-        buf[at] = b'-';
-    }
-    // Only ASCII digits and '-' were written.
-    std::str::from_utf8(&buf[at..]).unwrap_or_default()
 }
 
 // ---- protobuf: logproto.PushRequest, written by hand from the borrowed lines ----------------
