@@ -1,0 +1,172 @@
+//! The checks every section shares: durations, addresses, paths, globs, labels. A [`Resolver`]
+//! knows the file being read, so each check's error names the file and the key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::{ConfigError, DEFAULT_MAX_LINE_BYTES, ReadFrom};
+
+/// Parses a duration such as `500ms`, `5s`, `2m` or `1h`.
+///
+/// # Examples
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(shipper::config::parse_duration("2m"), Ok(Duration::from_secs(120)));
+/// assert!(shipper::config::parse_duration("2 minutes").is_err());
+/// ```
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let bad = || {
+        format!(
+            "invalid duration '{text}': write a whole number with a unit ms, s, m or h, like '500ms' or '5s'"
+        )
+    };
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(bad)?),
+        "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(bad)?),
+        _ => return Err(bad()),
+    };
+    Ok(d)
+}
+
+/// Resolves values of one config file: relative paths against `cwd`, errors naming `path`.
+pub(super) struct Resolver<'a> {
+    pub(super) path: &'a str,
+    pub(super) cwd: PathBuf,
+}
+
+impl Resolver<'_> {
+    pub(super) fn invalid(
+        &self,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_string(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    pub(super) fn duration(
+        &self,
+        key: &str,
+        v: Option<&str>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(s) => parse_duration(s).map_err(|m| self.invalid(key, m)),
+        }
+    }
+
+    pub(super) fn positive_duration(
+        &self,
+        key: &str,
+        v: Option<&str>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let d = self.duration(key, v, default)?;
+        if d.is_zero() {
+            return Err(self.invalid(key, "must be greater than zero"));
+        }
+        Ok(d)
+    }
+
+    pub(super) fn addr(
+        &self,
+        key: &str,
+        v: Option<&str>,
+        default: &str,
+    ) -> Result<SocketAddr, ConfigError> {
+        let s = v.unwrap_or(default);
+        s.parse().map_err(|_| {
+            self.invalid(
+                key,
+                format!("invalid address '{s}': write IP:PORT, like '127.0.0.1:8401'"),
+            )
+        })
+    }
+
+    pub(super) fn absolute(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            let rel = p.strip_prefix(".").unwrap_or(p);
+            self.cwd.join(rel)
+        }
+    }
+
+    /// An absolute, UTF-8 directory with no glob characters, for sources that glob below it.
+    pub(super) fn glob_base(&self, key: &str, path: &Path) -> Result<String, ConfigError> {
+        let base = self.absolute(path);
+        let Some(base_s) = base.to_str() else {
+            return Err(self.invalid(key, format!("path '{}' is not UTF-8", path.display())));
+        };
+        if globset::escape(base_s) != base_s {
+            return Err(self.invalid(key, format!("path '{base_s}' contains glob characters")));
+        }
+        Ok(base_s.to_string())
+    }
+
+    pub(super) fn pattern(&self, key: &str, p: &str) -> Result<String, ConfigError> {
+        if p.trim().is_empty() {
+            return Err(self.invalid(key, "empty glob pattern"));
+        }
+        let abs = self.absolute(Path::new(p));
+        let s = abs
+            .to_str()
+            .ok_or_else(|| self.invalid(key, format!("pattern '{p}' is not UTF-8")))?;
+        globset::GlobBuilder::new(s)
+            .literal_separator(true)
+            .build()
+            .map_err(|e| self.invalid(key, format!("invalid glob '{p}': {e}")))?;
+        Ok(s.to_string())
+    }
+
+    pub(super) fn read_from(&self, key: &str, v: Option<&str>) -> Result<ReadFrom, ConfigError> {
+        match v {
+            None | Some("beginning") => Ok(ReadFrom::Beginning),
+            Some("end") => Ok(ReadFrom::End),
+            Some(o) => Err(self.invalid(
+                key,
+                format!("unknown value '{o}': use \"beginning\" or \"end\""),
+            )),
+        }
+    }
+
+    pub(super) fn labels(
+        &self,
+        key: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, String>, ConfigError> {
+        for name in labels.keys() {
+            let ok = name
+                .chars()
+                .enumerate()
+                .all(|(i, c)| c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()));
+            if !ok || name.is_empty() || name.starts_with("__") {
+                return Err(self.invalid(
+                    format!("{key}.{name}"),
+                    format!("invalid label name '{name}': use letters, digits and '_', not starting with a digit or '__'"),
+                ));
+            }
+        }
+        Ok(labels)
+    }
+
+    pub(super) fn max_line(&self, key: &str, v: Option<usize>) -> Result<usize, ConfigError> {
+        match v {
+            None => Ok(DEFAULT_MAX_LINE_BYTES),
+            Some(n) if n >= 16 => Ok(n),
+            Some(n) => Err(self.invalid(key, format!("{n} is too small: use at least 16 bytes"))),
+        }
+    }
+}
