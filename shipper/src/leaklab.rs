@@ -21,7 +21,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use diagtool::probe::traced;
+use diagtool_probe::traced;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -115,11 +115,8 @@ impl FromStr for LeakSpec {
                     .map_err(|_| err(format!("COUNT {count:?} is not a whole number")))?;
                 let period = match period {
                     None => default_period,
-                    Some(p) => parse_period(p).ok_or_else(|| {
-                        err(format!(
-                            "PERIOD {p:?} is not a duration such as 500ms, 30s or 2m"
-                        ))
-                    })?,
+                    Some(p) => diagtool_model::duration::parse(p)
+                        .map_err(|e| err(format!("PERIOD: {e}")))?,
                 };
                 (count, period)
             }
@@ -151,21 +148,6 @@ impl fmt::Display for LeakSpec {
             ),
         }
     }
-}
-
-/// `500ms`, `30s`, `2m`, `1h`: the lab's own tiny parser, so its flag needs nothing from config.
-fn parse_period(text: &str) -> Option<Duration> {
-    let digits = text.find(|c: char| !c.is_ascii_digit())?;
-    let (number, unit) = text.split_at(digits);
-    let number: u64 = number.parse().ok()?;
-    let millis = match unit {
-        "ms" => number,
-        "s" => number.checked_mul(1_000)?,
-        "m" => number.checked_mul(60_000)?,
-        "h" => number.checked_mul(3_600_000)?,
-        _ => return None,
-    };
-    Some(Duration::from_millis(millis))
 }
 
 /// The lab: which scenarios are on, and the hooks the shipper calls.
@@ -435,7 +417,8 @@ mod tests {
             ("poll-spam", "unknown scenario"),
             ("poll-spawn:x/1s", "COUNT"),
             ("poll-spawn:0/1s", "at least 1"),
-            ("poll-spawn:2/1y", "PERIOD"),
+            ("poll-spawn:2/1fortnight", "PERIOD"),
+            ("poll-spawn:2/30", "PERIOD"),
             ("poll-spawn:2/0s", "longer than zero"),
         ] {
             let err = bad.parse::<LeakSpec>().expect_err(bad).to_string();

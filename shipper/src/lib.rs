@@ -51,9 +51,9 @@ pub struct Diagnostics {
     /// Renders `/metrics` (`None`: 503).
     pub metrics: Option<PrometheusHandle>,
     /// Serves `/debug/*` on `server.debug_addr` and feeds `shipper_tasks_*` and `/health`'s tasks.
-    pub probe: Option<diagtool::probe::Probe>,
+    pub probe: Option<diagtool_probe::Probe>,
     /// Served until shutdown.
-    pub console: Option<diagtool::probe::console::ConsoleServer>,
+    pub console: Option<diagtool_probe::console::ConsoleServer>,
 }
 
 /// Parses `config.leak_lab` (`--leak-lab` values).
@@ -130,7 +130,7 @@ pub async fn run_with(
             // handle: when this runtime's workers are stuck, dumps still answer 503 in time and
             // snapshots still answer. The `debug-server` task below owns it, and stops and joins
             // it with the other servers.
-            let debug_server = diagtool::probe::DebugServer::start(
+            let debug_server = diagtool_probe::DebugServer::start(
                 probe.clone(),
                 listener,
                 tokio::runtime::Handle::current(),
@@ -155,7 +155,7 @@ pub async fn run_with(
             }
             match debug_server.shutdown(DEBUG_STOP_GRACE).await {
                 // Positions are safe either way: a debug thread slow to stop is no failure.
-                Err(err @ diagtool::probe::ProbeError::StopTimeout { .. }) => {
+                Err(err @ diagtool_probe::ProbeError::StopTimeout { .. }) => {
                     tracing::error!(error = %err, "the debug server did not stop in time");
                     Ok(())
                 }

@@ -95,7 +95,7 @@ fn load(cli: &Cli) -> Result<Config, Failure> {
     config.leak_lab = cli.leak_lab.clone();
     config.leak_lab_fixed = cli.leak_lab_fixed;
     // The file's own check ran before the flags were applied; --debug-addr needs it again.
-    diagtool::probe::check_bind(
+    diagtool_probe::check_bind(
         config.server.debug_addr,
         config.server.debug_token.as_deref(),
     )
@@ -119,7 +119,7 @@ fn load(cli: &Cli) -> Result<Config, Failure> {
 
 /// Installs the log output (`SHIPPER_LOG`, default `info`, to stderr) and, when asked, the
 /// tokio-console layer beside it; returns the console's server to run.
-fn init_tracing(config: &Config) -> Option<diagtool::probe::console::ConsoleServer> {
+fn init_tracing(config: &Config) -> Option<diagtool_probe::console::ConsoleServer> {
     use tracing_subscriber::Layer as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
@@ -131,7 +131,7 @@ fn init_tracing(config: &Config) -> Option<diagtool::probe::console::ConsoleServ
         .with_filter(filter);
     let (console, server) = match config.server.console {
         true => {
-            let (layer, server) = diagtool::probe::console::layer(config.server.console_addr);
+            let (layer, server) = diagtool_probe::console::layer(config.server.console_addr);
             (Some(layer), Some(server))
         }
         false => (None, None),
@@ -169,7 +169,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
     // The blocking pool writes files and resolves names: a few threads suffice, and each one that
     // ran keeps its own malloc arena.
     builder.max_blocking_threads(BLOCKING_THREADS);
-    let probe = diagtool::probe::Probe::builder("shipper")
+    let probe = diagtool_probe::Probe::builder("shipper")
         .addr(config.server.debug_addr)
         .token(config.server.debug_token.clone())
         .install(&mut builder)

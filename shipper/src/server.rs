@@ -3,7 +3,7 @@
 //! Metrics go through the `metrics` facade into `metrics-exporter-prometheus`'s recorder, rendered
 //! on request (text format 0.0.4, valid for `promtool check metrics`); latencies are histograms
 //! with explicit buckets. With a probe, each scrape first records the registry's per-site task
-//! series and the runtime's figures ([`diagtool::probe::record_metrics`]), so they are never older
+//! series and the runtime's figures ([`diagtool_probe::record_metrics`]), so they are never older
 //! than the scrape and no background task is needed for them. The router takes its state
 //! explicitly and is tested without a socket.
 
@@ -34,7 +34,7 @@ pub struct ServerState {
     pub metrics: Option<PrometheusHandle>,
     /// The probe whose registry and runtime figures `/metrics` exports (`shipper_tasks_*`,
     /// `shipper_tokio_*`), recorded at each scrape.
-    pub probe: Option<diagtool::probe::Probe>,
+    pub probe: Option<diagtool_probe::Probe>,
 }
 
 /// Installs the global Prometheus recorder and describes the shipper's series (so they show with
@@ -152,7 +152,7 @@ async fn render_metrics(State(s): State<ServerState>) -> Response {
     match &s.metrics {
         Some(h) => {
             if let (Some(probe), Ok(rt)) = (&s.probe, tokio::runtime::Handle::try_current()) {
-                diagtool::probe::record_metrics("shipper", probe.registry(), &rt);
+                diagtool_probe::record_metrics("shipper", probe.registry(), &rt);
             }
             h.run_upkeep();
             (

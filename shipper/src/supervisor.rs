@@ -92,7 +92,7 @@ impl Supervisor {
         // Through the probe: the task is named in the registry, wrapped so release-build dumps keep
         // its frames, tracked for `wait`, and (every layer being `#[track_caller]`) its spawn site
         // is the line that called this method.
-        diagtool::probe::spawn_named_in(&self.inner.tracker, name, task)
+        diagtool_probe::spawn_named_in(&self.inner.tracker, name, task)
     }
 
     /// The first component failure, if any.
@@ -138,7 +138,7 @@ mod tests {
     fn components_are_named_at_the_line_that_spawned_them() {
         let mut builder = tokio::runtime::Builder::new_current_thread();
         builder.enable_all();
-        let registry = diagtool::probe::TaskRegistry::install(&mut builder);
+        let registry = diagtool_probe::TaskRegistry::install(&mut builder);
         builder.build().unwrap().block_on(async {
             let s = Supervisor::new(Health::new(Duration::from_secs(10)));
             let stop = s.shutdown();

@@ -4,7 +4,7 @@
 //! each snapshot to [`TaskGrowth::observe`], which is pure (it reads time only from the snapshots'
 //! `taken_at_ms`), so the judging is tested on synthetic series. The first samples are a warm-up
 //! (start-up spawns its components and connection pools); the sample that ends it is the baseline.
-//! Growth is judged by [`diagtool::analysis`] (the same fit and rules as `diagtool watch`) over the
+//! Growth is judged by [`diagtool_model::analysis`] (the same fit and rules as `diagtool watch`) over the
 //! samples of the last `window`, never before the baseline.
 //!
 //! Invariant: growth alone makes `/health` `degraded` (200), never `critical` (503), unless the
@@ -15,8 +15,8 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use diagtool::analysis::{Options, analyze};
-use diagtool::model::{Snapshot, Verdict};
+use diagtool_model::analysis::{Options, analyze};
+use diagtool_model::{Snapshot, Verdict};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -219,7 +219,7 @@ impl TaskGrowth {
     /// Samples `probe` every `sample_every` until `stop` fires. Run it under the supervisor.
     pub async fn run(
         self,
-        probe: diagtool::probe::Probe,
+        probe: diagtool_probe::Probe,
         stop: CancellationToken,
         beat: impl Fn() + Send + Sync + 'static,
     ) -> anyhow::Result<()> {
@@ -252,7 +252,7 @@ impl TasksProvider for TaskGrowth {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use diagtool::model::{SNAPSHOT_SCHEMA, SiteStats, TaskTotals};
+    use diagtool_model::{SNAPSHOT_SCHEMA, SiteStats, TaskTotals};
 
     /// A snapshot at `t_s` with `(site, live, oldest_age_s)` per site.
     fn snap(t_s: f64, sites: &[(&str, u64, f64)]) -> Snapshot {

@@ -1,6 +1,6 @@
 //! Every component, started and stopped through the shipper's public API, leaves no task behind.
 //!
-//! Each test runs on `diagtool::testing::test_runtime()` (a task registry hooked into the runtime)
+//! Each test runs on `diagtool_probe::testing::test_runtime()` (a task registry hooked into the runtime)
 //! and wraps the component's whole life in a `LeakGuard`: whatever it spawned must be gone when
 //! it has stopped (the guard waits up to a second for stragglers). The last test proves the guard
 //! bites: a component that ignores its stop signal is reported with its spawn site in this file.
@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use diagtool::testing::{LeakGuard, test_runtime};
+use diagtool_probe::testing::{LeakGuard, test_runtime};
 use shipper::checkpoint::{self, Ledger};
 use shipper::config::Config;
 use shipper::event::{AckRef, Batch, Chunk, StreamBatch};
@@ -189,7 +189,7 @@ fn the_loki_sink_leaves_no_tasks() {
     let (rt, registry) = test_runtime().unwrap();
     rt.block_on(async {
         let guard = LeakGuard::new(&registry);
-        let loki = diagtool::loki::Receiver::start().await.unwrap();
+        let loki = testkit::loki::Receiver::start().await.unwrap();
         let mut settings = sink::loki::LokiSettings::new(loki.url());
         settings.max_concurrency = 4;
         let (tx, rx) = mpsc::channel(4);
@@ -259,7 +259,7 @@ fn the_reader_leaves_no_tasks() {
 /// once `run_with` returned, with every task checked by the guard.
 fn run_whole_shipper(
     diagnostics: shipper::Diagnostics,
-    registry: &diagtool::probe::TaskRegistry,
+    registry: &diagtool_probe::TaskRegistry,
     rt: &tokio::runtime::Runtime,
     line: &str,
     running: impl AsyncFnOnce(),
@@ -311,9 +311,9 @@ fn threads_named(name: &str) -> usize {
 /// that starts one): the thread is gone when `run_with` returns, and so is every task.
 #[test]
 fn the_whole_shipper_with_its_debug_server_leaves_no_tasks_nor_thread() {
-    let debug_thread = diagtool::probe::server::THREAD_NAME;
+    let debug_thread = diagtool_probe::server::THREAD_NAME;
     let (rt, registry) = test_runtime().unwrap();
-    let probe = diagtool::probe::Probe::builder("shipper")
+    let probe = diagtool_probe::Probe::builder("shipper")
         .addr("127.0.0.1:0".parse().unwrap())
         .with_registry(registry.clone())
         .unwrap();
@@ -341,7 +341,7 @@ fn the_whole_shipper_with_its_debug_server_leaves_no_tasks_nor_thread() {
 #[test]
 fn a_taken_debug_port_fails_naming_its_key_and_leaves_nothing() {
     let (rt, registry) = test_runtime().unwrap();
-    let probe = diagtool::probe::Probe::builder("shipper")
+    let probe = diagtool_probe::Probe::builder("shipper")
         .addr("127.0.0.1:0".parse().unwrap())
         .with_registry(registry.clone())
         .unwrap();

@@ -6,8 +6,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use diagtool::loki::Receiver;
 use support::{Env, wait_until};
+use testkit::loki::Receiver;
 
 const LIMIT: Duration = Duration::from_secs(60);
 

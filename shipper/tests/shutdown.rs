@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use diagtool::probe::Probe;
+use diagtool_probe::Probe;
 
 #[test]
 fn graceful_shutdown_leaves_no_task_behind() {

@@ -12,8 +12,8 @@ mod support;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use diagtool::loki::Receiver;
 use support::{Env, wait_until};
+use testkit::loki::Receiver;
 
 const LINES: usize = 1_000_000;
 

@@ -1,21 +1,12 @@
-//! Leak diagnostics and profiling for tokio services.
-//!
-//! `diagtool` is both a library a service embeds to become diagnosable (the `probe` feature) and the
-//! operator's CLI that reads what the probe serves. The documents exchanged between the two are defined
-//! once, in [`model`]; nothing else defines them.
+//! `diagtool`, the operator's CLI, as a library: the commands ([`cli`]) and the soak harness
+//! ([`soak`]). The documents it reads and writes, the growth analysis and the pprof codec come
+//! from `diagtool-model` and are re-exported here under their usual names; the probe a service
+//! embeds is the separate `diagtool-probe` crate, which this one never links.
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
-pub mod analysis;
-#[cfg(feature = "cli")]
 pub mod cli;
-#[cfg(feature = "loki")]
-pub mod loki;
-pub mod model;
-#[cfg(any(feature = "probe", feature = "cli"))]
-pub mod pprof;
-#[cfg(feature = "probe")]
-pub mod probe;
-#[cfg(feature = "cli")]
 pub mod soak;
-#[cfg(feature = "probe")]
-pub mod testing;
+
+pub use diagtool_model as model;
+pub use diagtool_model::{analysis, pprof};
+pub use testkit::loki;

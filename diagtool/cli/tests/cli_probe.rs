@@ -1,15 +1,14 @@
 //! `diagtool watch` against the real embedded probe: a tokio runtime with the probe's hooks, its
 //! `/debug` router on 127.0.0.1:0, and a site that parks 2 tasks every second (the classic leak,
 //! scaled). Needs the `probe` feature (on in workspace builds, where the shipper enables it).
-#![cfg(feature = "probe")]
 
 mod support;
 
 use std::time::Duration;
 
 use diagtool::model::{Overall, Verdict, WatchReport};
-use diagtool::probe::router::serve_on;
-use diagtool::probe::{Probe, spawn_named};
+use diagtool_probe::router::serve_on;
+use diagtool_probe::{Probe, spawn_named};
 use support::{diagtool, stderr, stdout};
 use tokio_util::sync::CancellationToken;
 

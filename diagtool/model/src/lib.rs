@@ -2,7 +2,15 @@
 //!
 //! Every document carries a `schema` string (`diagtool.<kind>/v<N>`). Readers accept the version
 //! they know and refuse any other with [`SchemaError`], so a newer target never gets misread.
-//! These are plain serde types: no tokio, no rendering.
+//! These are plain serde types: no tokio, no rendering. Beside them, what both sides of the
+//! wire share: the growth [`analysis`], the [`pprof`] codec and Loki's push format ([`loki`]).
+#![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
+
+pub mod analysis;
+pub mod duration;
+pub mod loki;
+pub mod pprof;
+pub mod text;
 
 mod diff;
 mod dump;

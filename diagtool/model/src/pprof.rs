@@ -6,7 +6,7 @@
 //!
 //! Conventions kept throughout:
 //! - stacks are given and returned **root first** (outermost frame first, leaf last), like the
-//!   traces in [`crate::model::Dump`] and like inferno's folded lines; the protobuf itself stores
+//!   traces in [`crate::Dump`] and like inferno's folded lines; the protobuf itself stores
 //!   them leaf first, as `profile.proto` requires, and the conversion happens only here;
 //! - `string_table[0]` is always the empty string;
 //! - identical frames share one `Location` and one `Function`.
@@ -240,7 +240,7 @@ impl Frame {
 ///
 /// # Examples
 /// ```
-/// use diagtool::pprof::{Frame, ProfileBuilder, decode, to_folded};
+/// use diagtool_model::pprof::{Frame, ProfileBuilder, decode, to_folded};
 ///
 /// let mut builder = ProfileBuilder::new(&[("tasks", "count")]);
 /// builder.add(&[Frame::named("main"), Frame::named("park")], &[16]);

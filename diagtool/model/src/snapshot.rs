@@ -14,7 +14,7 @@ pub const SNAPSHOT_SCHEMA: &str = "diagtool.snapshot/v1";
 ///
 /// # Examples
 /// ```
-/// use diagtool::model::Snapshot;
+/// use diagtool_model::Snapshot;
 /// let text = r#"{"schema":"diagtool.snapshot/v1","service":"shipper","taken_at_ms":1,"uptime_s":1.0,
 ///   "process":{"pid":1,"rss_bytes":0,"open_fds":3,"threads":1},
 ///   "runtime":{"workers":2,"alive_tasks":0,"global_queue_depth":0},

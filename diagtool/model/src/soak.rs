@@ -14,7 +14,7 @@ pub const SOAK_SCHEMA: &str = "diagtool.soak/v1";
 ///
 /// # Examples
 /// ```
-/// use diagtool::model::SoakReport;
+/// use diagtool_model::SoakReport;
 /// let text = r#"{"schema":"diagtool.soak/v1","profile":"steady","passed":true,"duration_s":60.0,
 ///  "lines_written":10,"lines_delivered":10,"duplicates":0,"tasks_growth_per_min":0.0,
 ///  "rss_growth_mib_per_min":0.01,"fds_growth_per_min":0.0,"leaks":[],"failures":[]}"#;

@@ -15,7 +15,7 @@ pub const WATCH_SCHEMA: &str = "diagtool.watch/v1";
 ///
 /// # Examples
 /// ```
-/// use diagtool::model::{Overall, WatchReport};
+/// use diagtool_model::{Overall, WatchReport};
 /// let text = r#"{"schema":"diagtool.watch/v1","target":"http://127.0.0.1:6060","samples":3,
 ///   "span_s":60.0,"verdict":"ok","total":{"first":4,"last":4,"growth_per_min":0.0},"sites":[]}"#;
 /// let report = WatchReport::from_json(text).unwrap();

@@ -12,7 +12,7 @@
 //!
 //! # #[tokio::main]
 //! # async fn main() {
-//! let (layer, server) = diagtool::probe::console::layer(diagtool::probe::console::DEFAULT_ADDR);
+//! let (layer, server) = diagtool_probe::console::layer(diagtool_probe::console::DEFAULT_ADDR);
 //! tracing_subscriber::registry()
 //!     .with(layer)
 //!     .with(tracing_subscriber::fmt::layer().with_filter(tracing_subscriber::EnvFilter::new("info")))

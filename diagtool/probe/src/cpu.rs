@@ -146,7 +146,7 @@ pub fn is_running() -> bool {
 /// # #[tokio::main]
 /// # async fn main() {
 /// let stop = tokio_util::sync::CancellationToken::new();
-/// let profile = diagtool::probe::cpu::profile(1, 99, stop).await.unwrap();
+/// let profile = diagtool_probe::cpu::profile(1, 99, stop).await.unwrap();
 /// std::fs::write("cpu.pb.gz", profile.to_pprof()).unwrap();
 /// # }
 /// ```

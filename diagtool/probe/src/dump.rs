@@ -90,8 +90,8 @@ type PendingTrace = std::pin::Pin<
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
 /// use std::time::Duration;
-/// let registry = diagtool::probe::TaskRegistry::new();
-/// let dumper = diagtool::probe::Dumper::new(registry);
+/// let registry = diagtool_probe::TaskRegistry::new();
+/// let dumper = diagtool_probe::Dumper::new(registry);
 /// let dump = dumper.dump(&tokio::runtime::Handle::current(), Duration::from_secs(5)).await.unwrap();
 /// assert_eq!(dump.schema, "diagtool.dump/v1");
 /// # }

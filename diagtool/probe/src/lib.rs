@@ -1,4 +1,4 @@
-//! The embedded probe (feature `probe`): makes a tokio service diagnosable.
+//! `diagtool-probe`, the probe a tokio service embeds to become diagnosable.
 //!
 //! A [`Probe`] keeps live tasks by spawn site (runtime hooks feeding a [`TaskRegistry`]), takes task
 //! dumps and CPU profiles, and serves them under `/debug/` ([`router()`]). It is cheap enough to stay
@@ -9,10 +9,10 @@
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let mut runtime = tokio::runtime::Builder::new_multi_thread();
-//! let probe = diagtool::probe::init("shipper", &mut runtime)?;
+//! let probe = diagtool_probe::init("shipper", &mut runtime)?;
 //! let runtime = runtime.enable_all().build()?;
 //! // `/debug` gets its own thread and runtime: it still answers when the service's workers are stuck.
-//! let server = diagtool::probe::DebugServer::bind(probe, runtime.handle().clone())?;
+//! let server = diagtool_probe::DebugServer::bind(probe, runtime.handle().clone())?;
 //! runtime.block_on(async {
 //!     // ... the service runs until it is told to stop
 //! });
@@ -43,6 +43,7 @@
 //!
 //! Invariant: `/debug/*` never binds a non-loopback address without a bearer token
 //! ([`check_bind`]).
+#![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
 pub mod console;
 pub mod cpu;
@@ -54,6 +55,11 @@ pub mod runtime;
 pub mod server;
 pub mod snapshot;
 pub mod spawn;
+pub mod testing;
+
+/// The documents the probe serves (`diagtool-model`), for hosts that read them in-process.
+pub use diagtool_model as model;
+use diagtool_model::pprof;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -151,10 +157,10 @@ pub enum ProbeError {
 /// # Examples
 /// ```
 /// let mut runtime = tokio::runtime::Builder::new_multi_thread();
-/// let probe = diagtool::probe::init("demo", &mut runtime).unwrap();
+/// let probe = diagtool_probe::init("demo", &mut runtime).unwrap();
 /// let runtime = runtime.worker_threads(1).enable_all().build().unwrap();
 /// runtime.block_on(async {
-///     let task = diagtool::probe::spawn_named("worker", std::future::pending::<()>());
+///     let task = diagtool_probe::spawn_named("worker", std::future::pending::<()>());
 ///     assert_eq!(probe.snapshot(false).tasks.live, 1);
 ///     task.abort();
 /// });
@@ -172,7 +178,7 @@ pub fn init(
 ///
 /// # Examples
 /// ```
-/// use diagtool::probe::Probe;
+/// use diagtool_probe::Probe;
 /// let mut runtime = tokio::runtime::Builder::new_current_thread();
 /// let probe = Probe::builder("demo")
 ///     .addr("127.0.0.1:0".parse().unwrap())

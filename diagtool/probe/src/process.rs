@@ -11,7 +11,7 @@ use crate::model::ProcessStats;
 ///
 /// # Examples
 /// ```
-/// let stats = diagtool::probe::process_stats();
+/// let stats = diagtool_probe::process_stats();
 /// assert_eq!(stats.pid, std::process::id());
 /// ```
 pub fn process_stats() -> ProcessStats {

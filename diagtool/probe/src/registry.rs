@@ -118,7 +118,7 @@ impl SiteTable {
 /// # Examples
 /// ```
 /// let mut builder = tokio::runtime::Builder::new_multi_thread();
-/// let registry = diagtool::probe::TaskRegistry::install(&mut builder);
+/// let registry = diagtool_probe::TaskRegistry::install(&mut builder);
 /// let runtime = builder.worker_threads(1).build().unwrap();
 /// runtime.block_on(async {
 ///     tokio::spawn(std::future::pending::<()>());
@@ -538,7 +538,7 @@ pub fn format_site(location: &Location<'_>) -> String {
 ///
 /// # Examples
 /// ```
-/// use diagtool::probe::short_path;
+/// use diagtool_probe::short_path;
 /// assert_eq!(
 ///     short_path("/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/tokio-1.54.1/src/task/spawn.rs"),
 ///     "tokio-1.54.1/src/task/spawn.rs"

@@ -33,14 +33,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::cpu::{self, CpuError};
 use super::dump::{self, DumpError};
-use super::{MAX_DUMP_TIMEOUT, Probe, ProbeError, snapshot};
+use super::{MAX_DUMP_TIMEOUT, Probe, ProbeError};
 
 /// Refuses a non-loopback `addr` without a token: dumps and profiles reveal the service's code
 /// and can cost it CPU, so they are not for the open network.
 ///
 /// # Examples
 /// ```
-/// use diagtool::probe::check_bind;
+/// use diagtool_probe::check_bind;
 /// assert!(check_bind("127.0.0.1:6060".parse().unwrap(), None).is_ok());
 /// assert!(check_bind("0.0.0.0:6060".parse().unwrap(), None).is_err());
 /// assert!(check_bind("0.0.0.0:6060".parse().unwrap(), Some("s3cret")).is_ok());
@@ -314,7 +314,7 @@ async fn tasks(
         None | Some("json") => Ok(axum::Json(snap).into_response()),
         Some("text") => Ok(with_type(
             "text/plain; charset=utf-8",
-            snapshot::render_text(&snap),
+            crate::model::text::snapshot(&snap),
         )),
         Some(other) => Err(ApiError::bad_param(format!(
             "format={other:?} is invalid: use json or text"

@@ -17,7 +17,7 @@ use crate::model::RuntimeStats;
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
-/// let stats = diagtool::probe::runtime_stats(&tokio::runtime::Handle::current());
+/// let stats = diagtool_probe::runtime_stats(&tokio::runtime::Handle::current());
 /// assert_eq!(stats.workers, 1);
 /// # }
 /// ```

@@ -73,12 +73,12 @@ async fn serve_bounded(
 /// ```
 /// use std::time::Duration;
 /// let mut builder = tokio::runtime::Builder::new_multi_thread();
-/// let probe = diagtool::probe::Probe::builder("demo")
+/// let probe = diagtool_probe::Probe::builder("demo")
 ///     .addr("127.0.0.1:0".parse().unwrap())
 ///     .install(&mut builder)
 ///     .unwrap();
 /// let runtime = builder.worker_threads(1).enable_all().build().unwrap();
-/// let server = diagtool::probe::DebugServer::bind(probe, runtime.handle().clone()).unwrap();
+/// let server = diagtool_probe::DebugServer::bind(probe, runtime.handle().clone()).unwrap();
 /// assert!(server.addr().ip().is_loopback() && server.addr().port() != 0);
 /// server.stop(Duration::from_secs(5)).unwrap();
 /// ```

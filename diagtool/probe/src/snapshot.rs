@@ -6,7 +6,6 @@
 //! that ends in between may still lend its age to a site; counts are never affected.
 
 use std::collections::{BTreeSet, HashMap};
-use std::fmt::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::runtime::Handle;
@@ -30,8 +29,8 @@ pub(crate) fn unix_ms() -> u64 {
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
-/// let registry = diagtool::probe::TaskRegistry::new();
-/// let snap = diagtool::probe::snapshot::take(&registry, "demo", None, false);
+/// let registry = diagtool_probe::TaskRegistry::new();
+/// let snap = diagtool_probe::snapshot::take(&registry, "demo", None, false);
 /// assert_eq!(snap.tasks.live, 0);
 /// # }
 /// ```
@@ -123,63 +122,4 @@ pub(crate) fn task_id_u64(id: tokio::task::Id) -> u64 {
 /// Seconds rounded to milliseconds: finer digits are clock noise and bloat the JSON.
 pub(crate) fn round_ms(seconds: f64) -> f64 {
     (seconds * 1000.0).round() / 1000.0
-}
-
-/// The snapshot as readable text (`GET /debug/tasks?format=text`): a header, then one line per
-/// site, largest first, then the per-task detail when present.
-pub fn render_text(snap: &Snapshot) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{} pid {} uptime {:.1}s: {} live tasks ({} spawned, {} ended), rss {:.1} MiB, {} fds, {} threads, {} workers, {} alive in runtime, global queue {}",
-        snap.service,
-        snap.process.pid,
-        snap.uptime_s,
-        snap.tasks.live,
-        snap.tasks.spawned_total,
-        snap.tasks.terminated_total,
-        snap.process.rss_bytes as f64 / (1024.0 * 1024.0),
-        snap.process.open_fds,
-        snap.process.threads,
-        snap.runtime.workers,
-        snap.runtime.alive_tasks,
-        snap.runtime.global_queue_depth,
-    );
-    let _ = writeln!(
-        out,
-        "\n{:>8} {:>10} {:>10} {:>10} {:>10}  site [names]",
-        "live", "spawned", "ended", "oldest_s", "median_s"
-    );
-    for site in &snap.sites {
-        let names = if site.names.is_empty() {
-            String::new()
-        } else {
-            format!(" [{}]", site.names.join(", "))
-        };
-        let _ = writeln!(
-            out,
-            "{:>8} {:>10} {:>10} {:>10.1} {:>10.1}  {}{}",
-            site.live,
-            site.spawned_total,
-            site.terminated_total,
-            site.oldest_age_s,
-            site.median_age_s,
-            site.site,
-            names
-        );
-    }
-    if let Some(detail) = &snap.tasks_detail {
-        let _ = writeln!(out, "\n{:>10} {:>10}  site name", "id", "age_s");
-        for task in detail {
-            let _ = writeln!(
-                out,
-                "{:>10} {:>10.1}  {} {}",
-                task.id,
-                task.age_s,
-                task.site,
-                task.name.as_deref().unwrap_or("-")
-            );
-        }
-    }
-    out
 }

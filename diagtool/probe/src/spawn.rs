@@ -79,7 +79,7 @@ impl Drop for PendingName {
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
-/// let handle = diagtool::probe::spawn_named("answer", async { 42 });
+/// let handle = diagtool_probe::spawn_named("answer", async { 42 });
 /// assert_eq!(handle.await.unwrap(), 42);
 /// # }
 /// ```

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tokio::task::Id;
 
-use crate::probe::{Dumper, LiveTask, TaskRegistry};
+use crate::{Dumper, LiveTask, TaskRegistry};
 
 /// How long [`LeakGuard::check`] waits for tasks to finish by default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -33,9 +33,9 @@ const FRAMES_SHOWN: usize = 8;
 ///
 /// # Examples
 /// ```
-/// let (runtime, registry) = diagtool::testing::test_runtime().unwrap();
+/// let (runtime, registry) = diagtool_probe::testing::test_runtime().unwrap();
 /// runtime.block_on(async {
-///     let guard = diagtool::testing::LeakGuard::new(&registry);
+///     let guard = diagtool_probe::testing::LeakGuard::new(&registry);
 ///     tokio::spawn(async {}).await.unwrap();
 ///     guard.assert_clean().await;
 /// });
@@ -183,7 +183,7 @@ impl LeakGuard {
                 entry.names.push(name.clone());
             }
             if entry.parked.is_empty()
-                && let Some(trace) = parked.get(&crate::probe::snapshot::task_id_u64(task.id))
+                && let Some(trace) = parked.get(&crate::snapshot::task_id_u64(task.id))
             {
                 let skip = trace.len().saturating_sub(FRAMES_SHOWN);
                 entry.parked = trace[skip..].to_vec();
@@ -213,7 +213,7 @@ impl LeakGuard {
         };
         let ids: HashSet<u64> = leaked
             .iter()
-            .map(|t| crate::probe::snapshot::task_id_u64(t.id))
+            .map(|t| crate::snapshot::task_id_u64(t.id))
             .collect();
         match Dumper::new(self.registry.clone())
             .dump(&handle, DUMP_TIMEOUT)
@@ -268,7 +268,7 @@ mod tests {
             assert_eq!(site.count, 3);
             assert!(
                 site.site
-                    .starts_with(&format!("diagtool/src/testing.rs:{line}:")),
+                    .starts_with(&format!("diagtool/probe/src/testing.rs:{line}:")),
                 "{err}"
             );
             assert!(err.waited >= Duration::from_millis(200));
@@ -305,7 +305,7 @@ mod tests {
             tokio::spawn(wait_for_a_reply_that_never_comes());
             let guard = LeakGuard::new(&registry)
                 .timeout(Duration::from_millis(100))
-                .ignore_sites_with_prefix("diagtool/src/testing.rs");
+                .ignore_sites_with_prefix("diagtool/probe/src/testing.rs");
             tokio::spawn(wait_for_a_reply_that_never_comes());
             guard.check().await.unwrap();
             let strict = LeakGuard::new(&registry).timeout(Duration::from_millis(100));
@@ -314,7 +314,7 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "leak check at diagtool/src/testing.rs")]
+    #[should_panic(expected = "leak check at diagtool/probe/src/testing.rs")]
     fn assert_clean_panics_with_the_report() {
         let (runtime, registry) = test_runtime().unwrap();
         runtime.block_on(async {

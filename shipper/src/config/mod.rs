@@ -19,7 +19,6 @@ mod sink;
 mod sources;
 
 pub use health::HealthConfig;
-pub use resolve::parse_duration;
 pub use server::ServerConfig;
 pub use sink::{DEFAULT_BATCH_MAX_BYTES, DEFAULT_BATCH_MAX_WAIT, Encoding, SinkConfig, SinkKind};
 pub use sources::{DEFAULT_POLL_INTERVAL, ReadFrom, SourceConfig, SourceKind};

@@ -1,4 +1,5 @@
-//! The checks every section shares: durations, addresses, paths, globs, labels. A [`Resolver`]
+//! The checks every section shares: durations (the toolkit's one grammar,
+//! `diagtool_model::duration`), addresses, paths, globs, labels. A [`Resolver`]
 //! knows the file being read, so each check's error names the file and the key.
 
 use std::collections::BTreeMap;
@@ -6,35 +7,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{ConfigError, DEFAULT_MAX_LINE_BYTES, ReadFrom};
+use diagtool_model::duration;
 
-/// Parses a duration such as `500ms`, `5s`, `2m` or `1h`.
-///
-/// # Examples
-/// ```
-/// use std::time::Duration;
-/// assert_eq!(shipper::config::parse_duration("2m"), Ok(Duration::from_secs(120)));
-/// assert!(shipper::config::parse_duration("2 minutes").is_err());
-/// ```
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let bad = || {
-        format!(
-            "invalid duration '{text}': write a whole number with a unit ms, s, m or h, like '500ms' or '5s'"
-        )
-    };
-    let n: u64 = num.parse().map_err(|_| bad())?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(bad)?),
-        "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(bad)?),
-        _ => return Err(bad()),
-    };
-    Ok(d)
-}
+use super::{ConfigError, DEFAULT_MAX_LINE_BYTES, ReadFrom};
 
 /// Resolves values of one config file: relative paths against `cwd`, errors naming `path`.
 pub(super) struct Resolver<'a> {
@@ -63,7 +38,7 @@ impl Resolver<'_> {
     ) -> Result<Duration, ConfigError> {
         match v {
             None => Ok(default),
-            Some(s) => parse_duration(s).map_err(|m| self.invalid(key, m)),
+            Some(s) => duration::parse(s).map_err(|e| self.invalid(key, e.to_string())),
         }
     }
 

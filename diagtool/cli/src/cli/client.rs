@@ -50,7 +50,17 @@ impl Client {
             let path = format!("{}/", base.path());
             base.set_path(&path);
         }
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder();
+        if base.host_str().is_some_and(|h| {
+            h == "localhost"
+                || h.parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+                || h == "[::1]"
+        }) {
+            // A proxy from the environment can never reach this machine's loopback.
+            http = http.no_proxy();
+        }
+        let http = http
             .connect_timeout(CONNECT_TIMEOUT)
             .user_agent(concat!("diagtool/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -120,7 +130,13 @@ impl Client {
         Ok((url, text))
     }
 
-    async fn get(&self, path: &str, timeout: Duration) -> Result<(Url, Vec<u8>), CliError> {
+    /// `GET path` under `timeout`: the status and the body, whatever the status; only a transport
+    /// failure (no connection, no answer in time, a body too large) is an error.
+    pub async fn get_answer(
+        &self,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<(Url, StatusCode, Vec<u8>), CliError> {
         let url = self.url(path)?;
         let unreachable = |reason: String| CliError::Unreachable {
             target: self.target().to_owned(),
@@ -143,6 +159,15 @@ impl Client {
             eprintln!("diagtool: the target warns: {}", target_warning(warning));
         }
         let body = read_body(response, timeout).await.map_err(unreachable)?;
+        Ok((url, status, body))
+    }
+
+    async fn get(&self, path: &str, timeout: Duration) -> Result<(Url, Vec<u8>), CliError> {
+        let (url, status, body) = self.get_answer(path, timeout).await?;
+        let unreachable = |reason: String| CliError::Unreachable {
+            target: self.target().to_owned(),
+            reason,
+        };
         match status {
             s if s.is_success() => Ok((url, body)),
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(CliError::Input(format!(

@@ -26,55 +26,10 @@ pub(super) async fn snapshot(
             }
             text
         }
-        SnapshotFormat::Text => snapshot_text(&snap),
+        SnapshotFormat::Text => crate::model::text::snapshot(&snap),
     };
     write_output(output, rendered.as_bytes())?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// A snapshot as readable text: process and runtime figures, then one row per site.
-pub(super) fn snapshot_text(snap: &Snapshot) -> String {
-    let mut out = format!(
-        "{} at {} (up {}): pid {}, rss {}, {} fds, {} threads; {} workers, {} alive in the runtime, \
-         global queue {}\ntasks: {} live, {} spawned, {} ended\n",
-        snap.service,
-        utc(snap.taken_at_ms),
-        secs(snap.uptime_s),
-        snap.process.pid,
-        bytes(snap.process.rss_bytes),
-        snap.process.open_fds,
-        snap.process.threads,
-        snap.runtime.workers,
-        snap.runtime.alive_tasks,
-        snap.runtime.global_queue_depth,
-        snap.tasks.live,
-        snap.tasks.spawned_total,
-        snap.tasks.terminated_total,
-    );
-    let mut table = table(&[
-        "spawn site",
-        "live",
-        "spawned",
-        "ended",
-        "oldest age",
-        "median age",
-        "names",
-    ]);
-    for s in &snap.sites {
-        table.add_row(vec![
-            s.site.clone(),
-            s.live.to_string(),
-            s.spawned_total.to_string(),
-            s.terminated_total.to_string(),
-            secs(s.oldest_age_s),
-            secs(s.median_age_s),
-            s.names.join(", "),
-        ]);
-    }
-    right_align(&mut table, &[1, 2, 3, 4, 5]);
-    out.push_str(&table.to_string());
-    out.push('\n');
-    out
 }
 
 /// `diagtool diff BASE.json NEW.json`.
@@ -201,35 +156,6 @@ pub(super) fn right_align(table: &mut Table, columns: &[usize]) {
     for &i in columns {
         if let Some(column) = table.column_mut(i) {
             column.set_cell_alignment(CellAlignment::Right);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn snapshot_text_shows_process_figures_and_one_row_per_site() {
-        let text = r#"{"schema":"diagtool.snapshot/v1","service":"shipper","taken_at_ms":1764270000000,"uptime_s":12.5,"process":{"pid":1234,"rss_bytes":12345678,"open_fds":23,"threads":5},"runtime":{"workers":2,"alive_tasks":40,"global_queue_depth":0},"tasks":{"live":40,"spawned_total":1000,"terminated_total":960},"sites":[{"site":"shipper/src/leaklab.rs:88:17","live":16,"spawned_total":16,"terminated_total":0,"oldest_age_s":29.9,"median_age_s":15.0,"names":["leak-poll"]}]}"#;
-        let snap = Snapshot::from_json(text).expect("golden snapshot");
-        let out = snapshot_text(&snap);
-        assert!(
-            out.starts_with(
-                "shipper at 2025-11-27 19:00:00Z (up 12.5s): pid 1234, rss 11.8 MiB, 23 fds"
-            ),
-            "{out}"
-        );
-        assert!(
-            out.contains("tasks: 40 live, 1000 spawned, 960 ended"),
-            "{out}"
-        );
-        let row = out
-            .lines()
-            .find(|l| l.contains("leaklab.rs:88:17"))
-            .expect("site row");
-        for cell in ["16", "29.9s", "15s", "leak-poll"] {
-            assert!(row.contains(cell), "{cell} missing in {row}");
         }
     }
 }

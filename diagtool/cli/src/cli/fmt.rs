@@ -1,11 +1,15 @@
-//! Small formatting helpers shared by the commands: durations (`500ms`, `30s`, `2m`, `1h`), UTC
-//! timestamps from the target's `taken_at_ms`, ages and byte counts.
+//! Small formatting helpers shared by the commands: duration flags and short durations (the
+//! toolkit's one grammar, `diagtool_model::duration`), UTC timestamps from the target's
+//! `taken_at_ms` (humantime's RFC 3339), ages and byte counts.
 
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-/// A duration flag written like `500ms`, `5s`, `2m`, `1h` (a bare number is seconds).
+use crate::model::duration;
+
+/// A duration flag in the toolkit's one grammar (`500ms`, `5s`, `1.5m`, `1h`; see
+/// `diagtool_model::duration`), positive and at most a year.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dur(pub Duration);
 
@@ -13,111 +17,30 @@ impl FromStr for Dur {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let text = text.trim();
-        let split = text
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(text.len());
-        let (number, unit) = text.split_at(split);
-        let value: f64 = number.parse().map_err(|_| {
-            format!("{text:?} is not a duration: write it like 500ms, 30s, 2m or 1h")
-        })?;
-        let scale = match unit {
-            "ms" => 0.001,
-            "" | "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => {
-                return Err(format!(
-                    "{text:?} has an unknown unit {unit:?}: use ms, s, m or h"
-                ));
-            }
-        };
-        let secs = value * scale;
-        if !secs.is_finite() || secs <= 0.0 || secs > 366.0 * 86400.0 {
+        let d = duration::parse(text).map_err(|e| e.to_string())?;
+        if d.is_zero() || d > Duration::from_secs(366 * 86_400) {
             return Err(format!(
                 "{text:?} is out of range: give a positive duration up to a year"
             ));
         }
-        Ok(Dur(Duration::from_secs_f64(secs)))
+        Ok(Dur(d))
     }
 }
 
 impl fmt::Display for Dur {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&secs(self.0.as_secs_f64()))
+        f.write_str(&duration::short(self.0))
     }
 }
 
-/// A short duration: `450ms`, `12s`, `12.5s`, `3m05s`, `2h10m`.
-pub(crate) fn secs(s: f64) -> String {
-    if s == 0.0 {
-        "0s".to_owned()
-    } else if s < 1.0 {
-        format!("{:.0}ms", s * 1000.0)
-    } else if s < 60.0 {
-        let tenths = (s * 10.0).round() / 10.0;
-        if tenths.fract() == 0.0 {
-            format!("{tenths:.0}s")
-        } else {
-            format!("{tenths:.1}s")
-        }
-    } else if s < 3600.0 {
-        let whole = s.round() as u64;
-        format!("{}m{:02}s", whole / 60, whole % 60)
-    } else {
-        let whole = s.round() as u64;
-        format!("{}h{:02}m", whole / 3600, (whole % 3600) / 60)
-    }
-}
+/// A short duration from seconds: `450ms`, `12s`, `12.5s`, `3m05s`, `2h10m`.
+pub(crate) use duration::short_secs as secs;
 
-/// `2026-11-27 20:53:20Z` from milliseconds since the Unix epoch.
-pub(crate) fn utc(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
-}
+pub(crate) use crate::model::text::{bytes, utc};
 
 /// `20:53:20` (UTC) from milliseconds since the Unix epoch.
 pub(crate) fn utc_time(ms: u64) -> String {
-    let rem = (ms / 1000) % 86_400;
-    format!("{:02}:{:02}:{:02}", rem / 3600, (rem % 3600) / 60, rem % 60)
-}
-
-/// Year, month, day of a count of days since 1970-01-01 (proleptic Gregorian calendar), computed
-/// through 400-year eras of 146 097 days.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-/// `12.3 MiB` style byte counts.
-pub(crate) fn bytes(n: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
+    utc(ms).get(11..19).unwrap_or_default().to_owned()
 }
 
 /// `+32.0` / `-4.5` / `0.0`: a signed rate with one decimal.
@@ -141,14 +64,18 @@ mod tests {
         assert_eq!(d("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(d("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(d("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(d("7"), Ok(Duration::from_secs(7)));
-        assert!(d("0s").is_err());
+        assert!(d("7").expect_err("no unit").contains("'7'"));
+        assert!(d("0s").expect_err("zero").contains("out of range"));
         assert!(
             d("5 parsecs")
                 .expect_err("bad unit")
-                .contains("unknown unit")
+                .contains("unknown time unit")
         );
-        assert!(d("soon").expect_err("no number").contains("not a duration"));
+        assert!(
+            d("soon")
+                .expect_err("no number")
+                .contains("invalid duration")
+        );
         assert!(d("").is_err());
     }
 
@@ -172,8 +99,6 @@ mod tests {
 
     #[test]
     fn bytes_and_rates_read_well() {
-        assert_eq!(bytes(512), "512 B");
-        assert_eq!(bytes(12_345_678), "11.8 MiB");
         assert_eq!(rate(32.0), "+32.0");
         assert_eq!(rate(-0.01), "0.0");
     }

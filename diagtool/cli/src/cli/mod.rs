@@ -7,7 +7,7 @@
 //! never leak into the model.
 
 mod chart;
-mod client;
+pub(crate) mod client;
 mod commands;
 mod demo;
 mod dump;

@@ -38,7 +38,7 @@ use anyhow::Context as _;
 use tokio::time::Instant;
 
 use crate::loki::Receiver;
-use crate::model::{SOAK_SCHEMA, SoakReport};
+use crate::model::{SOAK_SCHEMA, SoakReport, duration};
 
 use child::{ShipperChild, Stopped};
 use delivery::{Written, account};
@@ -216,11 +216,6 @@ pub(crate) fn resolve_shipper(given: Option<&Path>) -> Result<PathBuf, String> {
         })
 }
 
-/// A TOML string literal.
-fn toml_str(text: &str) -> String {
-    toml::Value::String(text.to_owned()).to_string()
-}
-
 /// Ctrl-C (SIGINT) and SIGTERM, listened for from the start of a run: either ends it in order
 /// (the shipper stopped, the document printed) instead of killing diagtool mid-way.
 struct Interrupts {
@@ -277,41 +272,56 @@ struct Layout {
 }
 
 /// The shipper's config for a run: one file source over the generator's files, the Loki sink
-/// pointed at the receiver, the servers on the chosen loopback ports.
+/// pointed at the receiver, the servers on the chosen loopback ports. Written through the `toml`
+/// serializer, so any path or URL is quoted correctly.
 fn shipper_config(profile: &Profile, layout: &Layout) -> String {
+    use toml::{Table, Value};
+    fn table<const N: usize>(pairs: [(&str, Value); N]) -> Table {
+        pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+    }
+    let text = |s: &str| Value::String(s.to_owned());
     let s = &profile.shipper;
     let include = layout.logs.join("*.log");
+    let source = table([
+        ("type", text("file")),
+        (
+            "include",
+            Value::Array(vec![text(&include.to_string_lossy())]),
+        ),
+        ("read_from", text("beginning")),
+        ("labels", Value::Table(table([("job", text("soak"))]))),
+    ]);
+    let config = table([
+        ("data_dir", text(&layout.dir.join("data").to_string_lossy())),
+        (
+            "shutdown_timeout",
+            text(&duration::exact(s.shutdown_timeout)),
+        ),
+        (
+            "server",
+            Value::Table(table([
+                ("main_addr", text(&layout.main.to_string())),
+                ("debug_addr", text(&layout.debug.to_string())),
+            ])),
+        ),
+        ("sources", Value::Array(vec![Value::Table(source)])),
+        (
+            "sink",
+            Value::Table(table([
+                ("type", text("loki")),
+                ("url", text(&layout.loki_url)),
+                ("encoding", text(&s.encoding)),
+                (
+                    "batch_max_bytes",
+                    Value::Integer(i64::try_from(s.batch_max_bytes).unwrap_or(i64::MAX)),
+                ),
+                ("batch_max_wait", text(&duration::exact(s.batch_max_wait))),
+            ])),
+        ),
+    ]);
     format!(
-        "# written by diagtool soak for profile {name}\n\
-         data_dir = {data}\n\
-         shutdown_timeout = {shutdown}\n\
-         \n\
-         [server]\n\
-         main_addr = {main}\n\
-         debug_addr = {debug}\n\
-         \n\
-         [[sources]]\n\
-         type = \"file\"\n\
-         include = [{include}]\n\
-         read_from = \"beginning\"\n\
-         labels = {{ job = \"soak\" }}\n\
-         \n\
-         [sink]\n\
-         type = \"loki\"\n\
-         url = {url}\n\
-         encoding = {encoding}\n\
-         batch_max_bytes = {batch_bytes}\n\
-         batch_max_wait = {batch_wait}\n",
-        name = profile.name,
-        data = toml_str(&layout.dir.join("data").to_string_lossy()),
-        shutdown = toml_str(&profile::format_duration(s.shutdown_timeout)),
-        main = toml_str(&layout.main.to_string()),
-        debug = toml_str(&layout.debug.to_string()),
-        include = toml_str(&include.to_string_lossy()),
-        url = toml_str(&layout.loki_url),
-        encoding = toml_str(&s.encoding),
-        batch_bytes = s.batch_max_bytes,
-        batch_wait = toml_str(&profile::format_duration(s.batch_max_wait)),
+        "# written by diagtool soak for profile {}\n{config}",
+        profile.name
     )
 }
 
@@ -400,7 +410,7 @@ async fn start_shipper(
                     "the shipper was not ready (with /debug/tasks served on {}) within {}: \
                      {last_error}; its log ends with:\n{tail}",
                     layout.debug,
-                    profile::format_duration(timeout)
+                    duration::exact(timeout)
                 )));
             }
             tokio::select! {

@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::model::duration;
+
 /// A profile that cannot be used; the message names the file, the key and what is expected.
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
@@ -266,41 +268,6 @@ pub struct Profile {
     pub limits: Limits,
 }
 
-/// Parses `500ms`, `5s`, `2m`, `1h` (a decimal number and a unit).
-///
-/// # Examples
-/// ```
-/// use std::time::Duration;
-/// use diagtool::soak::profile::parse_duration;
-/// assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
-/// assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
-/// assert_eq!(parse_duration("10"), None);
-/// ```
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number.parse().ok()?;
-    let secs = match unit {
-        "ms" => number / 1000.0,
-        "s" => number,
-        "m" => number * 60.0,
-        "h" => number * 3600.0,
-        _ => return None,
-    };
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
-}
-
-/// Formats a duration for messages and flags: `500ms`, `30s`, `2.5s`.
-pub fn format_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms.is_multiple_of(1000) {
-        format!("{}s", ms / 1000)
-    } else {
-        format!("{ms}ms")
-    }
-}
-
 struct Ctx<'a> {
     path: &'a str,
     scale: f64,
@@ -316,12 +283,7 @@ impl Ctx<'_> {
     }
 
     fn duration(&self, key: &str, text: &str) -> Result<Duration, ProfileError> {
-        parse_duration(text).ok_or_else(|| {
-            self.invalid(
-                key,
-                format!("{text:?} is not a duration; write it like 500ms, 30s, 2m or 1h"),
-            )
-        })
+        duration::parse(text).map_err(|e| self.invalid(key, e.to_string()))
     }
 
     fn scaled(&self, key: &str, text: &str) -> Result<Duration, ProfileError> {
@@ -405,8 +367,8 @@ impl Profile {
                 "sample_interval",
                 format!(
                     "{} leaves fewer than 3 samples in {}; the growth analysis needs more",
-                    format_duration(sample_interval),
-                    format_duration(requested)
+                    duration::exact(sample_interval),
+                    duration::exact(requested)
                 ),
             ));
         }
@@ -662,18 +624,6 @@ kind = "hang"
 warmup = "12s"
 max_missing_ratio = 0.01
 "#;
-
-    #[test]
-    fn durations_parse_and_format() {
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("0.5m"), Some(Duration::from_secs(30)));
-        for bad in ["", "s", "10", "10x", "-1s", "1..2s"] {
-            assert_eq!(parse_duration(bad), None, "{bad:?}");
-        }
-        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
-        assert_eq!(format_duration(Duration::from_secs(30)), "30s");
-    }
 
     #[test]
     fn full_profile_parses_at_its_nominal_duration() {

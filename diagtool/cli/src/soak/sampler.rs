@@ -7,6 +7,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::cli::CliError;
+use crate::cli::client::Client;
 use crate::model::Snapshot;
 
 use super::judge::HealthTally;
@@ -25,12 +27,12 @@ pub enum HealthAnswer {
     Failed(String),
 }
 
-/// The shipper's two ports, and a client for them.
+/// The shipper's two ports, each through the CLI's own [`Client`] (one HTTP client for the whole
+/// toolkit: timeouts, body limits and error messages are the same as `diagtool`'s).
 #[derive(Debug, Clone)]
 pub struct Sampler {
-    client: reqwest::Client,
-    main: SocketAddr,
-    debug: SocketAddr,
+    main: Client,
+    debug: Client,
 }
 
 /// Everything sampled so far.
@@ -79,61 +81,26 @@ impl Samples {
     }
 }
 
-/// An error with its causes (`error sending request: connection refused`): reqwest's own message
-/// leaves out why.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let more = c.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        cause = c.source();
-    }
-    text
-}
-
 impl Sampler {
     /// A sampler for a shipper listening on `main` and `debug`.
-    pub fn new(main: SocketAddr, debug: SocketAddr) -> reqwest::Result<Self> {
-        let client = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .no_proxy()
-            .build()?;
+    pub fn new(main: SocketAddr, debug: SocketAddr) -> Result<Self, CliError> {
         Ok(Sampler {
-            client,
-            main,
-            debug,
+            main: Client::new(&format!("http://{main}"), None)?,
+            debug: Client::new(&format!("http://{debug}"), None)?,
         })
     }
 
     /// Whether `/ready` answers 200.
     pub async fn ready(&self) -> bool {
-        let url = format!("http://{}/ready", self.main);
-        matches!(self.client.get(url).send().await, Ok(r) if r.status() == 200)
+        matches!(self.main.get_answer("ready", REQUEST_TIMEOUT).await, Ok((_, status, _)) if status == 200)
     }
 
     /// `GET /debug/tasks`, parsed.
     pub async fn snapshot(&self) -> Result<Snapshot, String> {
-        let url = format!("http://{}/debug/tasks", self.debug);
-        let response = self
-            .client
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| format!("GET {url}: {}", chain(&e)))?;
-        let status = response.status();
-        let text = response
-            .text()
-            .await
-            .map_err(|e| format!("GET {url}: {}", chain(&e)))?;
-        if status != 200 {
-            let text: String = text.chars().take(200).collect();
-            return Err(format!("GET {url}: {status}: {text}"));
+        match self.debug.snapshot().await {
+            Ok((snapshot, _)) => Ok(snapshot),
+            Err(e) => Err(e.to_string()),
         }
-        Snapshot::from_json(&text).map_err(|e| format!("GET {url}: {e}"))
     }
 
     /// `GET /health`.
@@ -142,13 +109,12 @@ impl Sampler {
         struct Health {
             status: String,
         }
-        let url = format!("http://{}/health", self.main);
-        let response = match self.client.get(&url).send().await {
-            Ok(r) => r,
-            Err(e) => return HealthAnswer::Failed(format!("GET {url}: {}", chain(&e))),
+        let (url, status, body) = match self.main.get_answer("health", REQUEST_TIMEOUT).await {
+            Ok(answer) => answer,
+            Err(e) => return HealthAnswer::Failed(e.to_string()),
         };
-        match response.status().as_u16() {
-            200 => match response.json::<Health>().await {
+        match status.as_u16() {
+            200 => match serde_json::from_slice::<Health>(&body) {
                 Ok(h) => HealthAnswer::Up(h.status),
                 Err(e) => HealthAnswer::Failed(format!("GET {url}: unreadable answer: {e}")),
             },

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::model::{DIFF_SCHEMA, DiffTotal, SiteDiff, SiteStats, Snapshot, SnapshotDiff};
+use crate::{DIFF_SCHEMA, DiffTotal, SiteDiff, SiteStats, Snapshot, SnapshotDiff};
 
 /// Compares `new` against `base`, site by site; sites in only one of them count 0 in the other.
 ///
@@ -11,12 +11,12 @@ use crate::model::{DIFF_SCHEMA, DiffTotal, SiteDiff, SiteStats, Snapshot, Snapsh
 ///
 /// # Examples
 /// ```
-/// use diagtool::analysis::diff;
-/// use diagtool::model::{SiteStats, Snapshot, SNAPSHOT_SCHEMA};
+/// use diagtool_model::analysis::diff;
+/// use diagtool_model::{SiteStats, Snapshot, SNAPSHOT_SCHEMA};
 /// let snap = |at: u64, live: u64| Snapshot {
 ///     schema: SNAPSHOT_SCHEMA.into(), service: "s".into(), taken_at_ms: at, uptime_s: at as f64,
 ///     process: Default::default(), runtime: Default::default(),
-///     tasks: diagtool::model::TaskTotals { live, ..Default::default() },
+///     tasks: diagtool_model::TaskTotals { live, ..Default::default() },
 ///     sites: vec![SiteStats { site: "a.rs:1:1".into(), live, ..Default::default() }],
 ///     tasks_detail: None,
 /// };
@@ -80,7 +80,7 @@ pub fn diff(base: &Snapshot, new: &Snapshot) -> SnapshotDiff {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{SNAPSHOT_SCHEMA, TaskTotals};
+    use crate::{SNAPSHOT_SCHEMA, TaskTotals};
 
     fn snap(at_s: u64, uptime: f64, sites: &[(&str, u64, u64, u64)]) -> Snapshot {
         Snapshot {

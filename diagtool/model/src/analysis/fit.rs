@@ -22,7 +22,7 @@ pub const THEIL_SEN_MAX_POINTS: usize = 300;
 ///
 /// # Examples
 /// ```
-/// use diagtool::analysis::least_squares;
+/// use diagtool_model::analysis::least_squares;
 /// let fit = least_squares(&[0.0, 1.0, 2.0], &[1.0, 3.0, 5.0]);
 /// assert!((fit.slope - 2.0).abs() < 1e-9 && (fit.r2 - 1.0).abs() < 1e-9);
 /// ```
@@ -70,7 +70,7 @@ pub fn least_squares(x: &[f64], y: &[f64]) -> LineFit {
 ///
 /// # Examples
 /// ```
-/// use diagtool::analysis::theil_sen;
+/// use diagtool_model::analysis::theil_sen;
 /// // A burst at the end does not bend the slope of a flat series.
 /// assert_eq!(theil_sen(&[0.0, 1.0, 2.0, 3.0, 4.0], &[5.0, 5.0, 5.0, 5.0, 90.0]), 0.0);
 /// ```

@@ -18,7 +18,7 @@ pub use fit::{LineFit, THEIL_SEN_MAX_POINTS, least_squares, theil_sen};
 pub use rules::{AgeCorroboration, Check, RisingFloor, Rules, StepPattern, StillGrowing};
 pub use series::{Point, SiteSeries, site_series, split_at_restarts};
 
-use crate::model::{
+use crate::{
     Overall, Restart, Snapshot, Verdict, WATCH_SCHEMA, WatchReport, WatchSite, WatchTotal,
 };
 
@@ -105,8 +105,8 @@ impl Analysis {
 ///
 /// # Examples
 /// ```
-/// use diagtool::analysis::{analyze, Options};
-/// use diagtool::model::{Overall, Snapshot, SiteStats, SNAPSHOT_SCHEMA};
+/// use diagtool_model::analysis::{analyze, Options};
+/// use diagtool_model::{Overall, Snapshot, SiteStats, SNAPSHOT_SCHEMA};
 /// // 16 more tasks parked every 30 s, never ending.
 /// let snaps: Vec<Snapshot> = (0..3u64)
 ///     .map(|i| {
@@ -119,7 +119,7 @@ impl Analysis {
 ///             schema: SNAPSHOT_SCHEMA.into(), service: "demo".into(),
 ///             taken_at_ms: 30_000 * i, uptime_s: 30.0 * i as f64 + 1.0,
 ///             process: Default::default(), runtime: Default::default(),
-///             tasks: diagtool::model::TaskTotals { live, ..Default::default() },
+///             tasks: diagtool_model::TaskTotals { live, ..Default::default() },
 ///             sites: vec![site], tasks_detail: None,
 ///         }
 ///     })
@@ -227,7 +227,7 @@ fn row(
     series: &SiteSeries,
     fit: LineFit,
     robust: f64,
-    step: Option<crate::model::Step>,
+    step: Option<crate::Step>,
     verdict: Verdict,
 ) -> WatchSite {
     let first = series.points.first().map_or(0, |p| p.live);

@@ -6,7 +6,7 @@
 //! ages with the wall clock. Bursts fall back to their floor; a pool that warms up stops climbing.
 //! [`Rules`] bundles one of each; [`crate::analysis::judge`] combines them.
 
-use crate::model::Step;
+use crate::Step;
 
 use super::fit::median;
 use super::series::Point;

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::model::{Restart, Snapshot};
+use crate::{Restart, Snapshot};
 
 /// One sample of one site.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -70,7 +70,7 @@ pub fn site_series(segment: &[Snapshot]) -> Vec<SiteSeries> {
         }
     }
     for (i, snap) in segment.iter().enumerate() {
-        let here: BTreeMap<&str, &crate::model::SiteStats> =
+        let here: BTreeMap<&str, &crate::SiteStats> =
             snap.sites.iter().map(|s| (s.site.as_str(), s)).collect();
         for (site, points) in by_site.iter_mut() {
             let found = here.get(site);

@@ -2,7 +2,7 @@
 //! slow leaks, noise, bursts, plateaus, restarts, sites that come and go) and checks the verdict.
 
 use super::*;
-use crate::model::{SNAPSHOT_SCHEMA, SiteStats, Step, TaskTotals};
+use crate::{SNAPSHOT_SCHEMA, SiteStats, Step, TaskTotals};
 
 const LEAK: &str = "shipper/src/leaklab.rs:88:17";
 const POOL: &str = "shipper/src/pool.rs:10:5";

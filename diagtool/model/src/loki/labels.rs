@@ -42,7 +42,7 @@ pub fn is_valid_label_name(name: &str) -> bool {
 ///
 /// # Examples
 /// ```
-/// use diagtool::loki::wire::format_labels;
+/// use diagtool_model::loki::wire::format_labels;
 /// assert_eq!(format_labels([("job", "app"), ("path", "C:\\x \"y\"")]),
 ///            r#"{job="app", path="C:\\x \"y\""}"#);
 /// ```
@@ -90,7 +90,7 @@ pub fn write_labels<'a>(out: &mut String, labels: impl IntoIterator<Item = (&'a 
 ///
 /// # Examples
 /// ```
-/// use diagtool::loki::wire::parse_labels;
+/// use diagtool_model::loki::wire::parse_labels;
 /// let labels = parse_labels(r#"{job="app", line="a\tb\"c"}"#).unwrap();
 /// assert_eq!(labels["line"], "a\tb\"c");
 /// assert!(parse_labels("{}").is_err());

@@ -87,7 +87,7 @@ impl Timestamp {
     ///
     /// # Examples
     /// ```
-    /// use diagtool::loki::wire::Timestamp;
+    /// use diagtool_model::loki::wire::Timestamp;
     /// let ts = Timestamp::from_ns(-1);
     /// assert_eq!((ts.seconds, ts.nanos), (-1, 999_999_999));
     /// assert_eq!(ts.to_ns(), Some(-1));
@@ -192,7 +192,7 @@ pub enum PushError {
 ///
 /// # Examples
 /// ```
-/// use diagtool::loki::wire::decode_push;
+/// use diagtool_model::loki::wire::decode_push;
 /// let body = br#"{"streams":[{"stream":{"job":"app"},"values":[["1700000000000000000","hi"]]}]}"#;
 /// let streams = decode_push(Some("application/json"), None, body).unwrap();
 /// assert_eq!(streams[0].entries[0].line, "hi");
@@ -493,7 +493,7 @@ pub struct JsonStreamRef<'a> {
 /// # Examples
 /// ```
 /// use std::collections::BTreeMap;
-/// use diagtool::loki::wire::{JsonPushRef, JsonStreamRef};
+/// use diagtool_model::loki::wire::{JsonPushRef, JsonStreamRef};
 /// let labels = BTreeMap::from([("job".to_owned(), "app".to_owned())]);
 /// let entries = vec![(1_i64, "hi".to_owned())];
 /// let streams = [JsonStreamRef { labels: &labels, entries: &entries }];
@@ -551,8 +551,8 @@ impl Serialize for NsString {
 /// # Examples
 /// ```
 /// let mut buf = [0u8; 20];
-/// assert_eq!(diagtool::loki::wire::decimal(-42, &mut buf), "-42");
-/// assert_eq!(diagtool::loki::wire::decimal(i64::MIN, &mut buf), "-9223372036854775808");
+/// assert_eq!(diagtool_model::loki::wire::decimal(-42, &mut buf), "-42");
+/// assert_eq!(diagtool_model::loki::wire::decimal(i64::MIN, &mut buf), "-9223372036854775808");
 /// ```
 pub fn decimal(n: i64, buf: &mut [u8; 20]) -> &str {
     let mut at = buf.len();

@@ -3,13 +3,13 @@
 //! Both encodings read the batch's lines straight from its text buffers (no copy of a line, no
 //! allocation per entry; timestamps are formatted on the stack). JSON is serialized straight into
 //! the gzip compressor; protobuf is written field by field (Loki's `logproto` push
-//! layout, checked against `diagtool::loki::wire`'s decoder in the tests) and snappy-compressed.
+//! layout, checked against `diagtool_model::loki::wire`'s decoder in the tests) and snappy-compressed.
 //! Either way the batch's lines are freed once encoded: a batch waiting for Loki (for as long as
 //! an outage lasts) holds only its compressed body and its acks, not a second copy of its text.
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use diagtool::loki::wire::{Timestamp, decimal, write_labels};
+use diagtool_model::loki::wire::{Timestamp, decimal, write_labels};
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
@@ -228,7 +228,7 @@ mod tests {
     use std::collections::BTreeMap;
     use std::sync::Arc;
 
-    use diagtool::loki::wire::decode_push;
+    use diagtool_model::loki::wire::decode_push;
 
     use super::*;
     use crate::event::StreamBatch;

@@ -122,7 +122,7 @@ mod tests {
             assert_eq!(body.content_type, content_type);
             assert!(batch.streams.is_empty(), "lines freed once encoded");
             assert_eq!(batch.entries, 2);
-            let streams = diagtool::loki::wire::decode_push(
+            let streams = diagtool_model::loki::wire::decode_push(
                 Some(body.content_type),
                 body.content_encoding,
                 &body.bytes,

@@ -244,7 +244,7 @@ async fn attempt(target: &Target, job: Job) -> (Job, Outcome, Duration) {
 /// use shipper::sink::loki::{run, LokiEncoding, LokiSettings};
 /// use tokio_util::sync::CancellationToken;
 ///
-/// let loki = diagtool::loki::Receiver::start().await?;
+/// let loki = testkit::loki::Receiver::start().await?;
 /// let settings = LokiSettings {
 ///     url: loki.url(),
 ///     tenant: None,

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use diagtool::loki::Receiver;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
+use testkit::loki::Receiver;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::JoinHandle;
 

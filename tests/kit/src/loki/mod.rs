@@ -1,12 +1,10 @@
-//! Loki's push protocol: the wire types ([`wire`]) shared by the shipper's sink and by tools, and a
-//! strict Loki-compatible receiver ([`receiver`]) with injectable faults, for tests, soaks and
-//! benchmarks.
+//! A strict Loki-compatible push receiver ([`receiver`]) with injectable faults, for tests, soaks
+//! and benchmarks. The wire format itself is `diagtool_model::loki` (re-exported as [`wire`]).
 //!
 //! The receiver validates every body with the same [`wire::decode_push`] rules Loki applies, so a
 //! test that counts zero rejected bodies proves the client never sent one Loki would refuse.
 
-mod labels;
 pub mod receiver;
-pub mod wire;
 
+pub use diagtool_model::loki::{labels, wire};
 pub use receiver::{ReceivedEntry, Receiver, ReceiverBuilder, RequestRecord};

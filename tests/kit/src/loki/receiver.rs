@@ -138,7 +138,7 @@ impl ReceiverBuilder {
 /// # Examples
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> std::io::Result<()> {
-/// use diagtool::loki::Receiver;
+/// use testkit::loki::Receiver;
 /// let receiver = Receiver::start().await?;
 /// assert!(receiver.url().starts_with("http://127.0.0.1:"));
 /// assert_eq!(receiver.count(), 0);

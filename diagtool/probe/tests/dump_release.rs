@@ -1,11 +1,10 @@
 //! A task dump names the user's async fn and the line it waits on, in debug AND in release builds
-//! (`cargo test --release -p diagtool --features probe --test dump_release`): the `Traced` wrapper
+//! (`cargo test --release -p diagtool-probe --test dump_release`): the `Traced` wrapper
 //! keeps the frames that inlining would otherwise fold into tokio's harness.
-#![cfg(feature = "probe")]
 
 use std::time::Duration;
 
-use diagtool::probe::{Dumper, TaskRegistry, spawn_named};
+use diagtool_probe::{Dumper, TaskRegistry, spawn_named};
 
 /// The line of the await below, checked in the trace.
 const PARK_LINE: u32 = line!() + 5;
@@ -45,7 +44,7 @@ fn release_dump_shows_user_fn_and_await_point() {
             .dump(&tokio::runtime::Handle::current(), Duration::from_secs(10))
             .await
             .expect("dump");
-        eprintln!("{}", diagtool::probe::dump::render_text(&dump, 1));
+        eprintln!("{}", diagtool_probe::dump::render_text(&dump, 1));
         let ours: Vec<_> = dump.tasks.iter().filter(|t| ids.contains(&t.id)).collect();
         assert_eq!(ours.len(), 3, "{dump:#?}");
         let group = dump

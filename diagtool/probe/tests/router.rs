@@ -1,14 +1,13 @@
 //! The `/debug/*` router: every endpoint through `tower::ServiceExt::oneshot` on a real runtime
 //! with real tasks, plus one test over real HTTP on 127.0.0.1.
-#![cfg(feature = "probe")]
 
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode, header};
-use diagtool::model::{Dump, Snapshot};
-use diagtool::probe::{DebugServer, Probe, ProbeError, router, spawn_named, spawn_named_on};
+use diagtool_probe::model::{Dump, Snapshot};
+use diagtool_probe::{DebugServer, Probe, ProbeError, router, spawn_named, spawn_named_on};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -116,7 +115,7 @@ fn snapshot_endpoint_in_json_text_and_detail() {
             .map(|_| spawn_named("waiter", wait_for_release(rx.clone())))
             .collect();
         let line = line!() - 2;
-        let site = format!("diagtool/tests/router.rs:{line}:");
+        let site = format!("diagtool/probe/tests/router.rs:{line}:");
 
         let (status, _, body) = get(&app, "/debug/tasks", None).await;
         assert_eq!(status, StatusCode::OK);
@@ -180,7 +179,7 @@ fn dumps_join_tasks_to_sites_in_every_format() {
             .map(|_| spawn_named("dumped", wait_for_release(rx.clone())))
             .collect();
         let line = line!() - 2;
-        let site = format!("diagtool/tests/router.rs:{line}:");
+        let site = format!("diagtool/probe/tests/router.rs:{line}:");
         let ids: Vec<u64> = handles
             .iter()
             .map(|h| h.id().to_string().parse().expect("id"))
@@ -220,12 +219,12 @@ fn dumps_join_tasks_to_sites_in_every_format() {
         let (status, headers, body) = get(&app, "/debug/pprof/tasks?debug=0", None).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(headers[header::CONTENT_TYPE], "application/octet-stream");
-        let profile = diagtool::pprof::decode(&body).expect("pprof");
+        let profile = diagtool_model::pprof::decode(&body).expect("pprof");
         assert_eq!(
-            diagtool::pprof::sample_type_name(&profile, 0).as_deref(),
+            diagtool_model::pprof::sample_type_name(&profile, 0).as_deref(),
             Some("tasks/count")
         );
-        let folded = diagtool::pprof::to_folded(&profile);
+        let folded = diagtool_model::pprof::to_folded(&profile);
         let line = folded
             .lines()
             .find(|l| l.starts_with(&format!("spawned at {site}")))
@@ -391,7 +390,11 @@ fn dump_of_a_blocked_runtime_times_out_with_503() {
         .iter()
         .find(|task| task.name.as_deref() == Some("parked"))
         .unwrap_or_else(|| panic!("the parked task is not in the dump: {dump:#?}"));
-    assert!(parked_task.site.starts_with("diagtool/tests/router.rs:"));
+    assert!(
+        parked_task
+            .site
+            .starts_with("diagtool/probe/tests/router.rs:")
+    );
     assert!(
         dump.tasks.iter().all(|task| task.site != "<unknown>"),
         "{dump:#?}"
@@ -472,7 +475,7 @@ fn cpu_profiles_decode_draw_and_refuse_overlap() {
             async move { get(&app, "/debug/pprof/profile?seconds=2", None).await }
         });
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !diagtool::probe::cpu::is_running() {
+        while !diagtool_probe::cpu::is_running() {
             assert!(Instant::now() < deadline, "profile never started");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -484,9 +487,9 @@ fn cpu_profiles_decode_draw_and_refuse_overlap() {
         assert_eq!(status, StatusCode::OK);
         assert_eq!(headers[header::CONTENT_TYPE], "application/octet-stream");
         assert_eq!(&body[..2], &[0x1f, 0x8b], "gzip");
-        let profile = diagtool::pprof::decode(&body).expect("pprof");
+        let profile = diagtool_model::pprof::decode(&body).expect("pprof");
         assert_eq!(
-            diagtool::pprof::sample_type_name(&profile, 1).as_deref(),
+            diagtool_model::pprof::sample_type_name(&profile, 1).as_deref(),
             Some("cpu/nanoseconds")
         );
         let samples: i64 = profile.sample.iter().map(|s| s.value[0]).sum();
@@ -512,7 +515,7 @@ fn cpu_profiles_decode_draw_and_refuse_overlap() {
 fn non_loopback_bind_without_token_is_refused() {
     let (rt, probe) = probe_runtime(None);
     rt.block_on(async {
-        let err = diagtool::probe::serve(
+        let err = diagtool_probe::serve(
             probe,
             "0.0.0.0:0".parse().expect("addr"),
             CancellationToken::new(),
@@ -549,7 +552,7 @@ fn serves_over_real_http_and_stops_on_cancel() {
         let cancel = CancellationToken::new();
         let server = spawn_named(
             "debug-server",
-            diagtool::probe::router::serve_on(probe, listener, cancel.clone()),
+            diagtool_probe::router::serve_on(probe, listener, cancel.clone()),
         );
         let test = async {
             let response = http_get(addr, "/debug/tasks", Some(TOKEN)).await;

@@ -56,7 +56,7 @@ fn run() -> Result<()> {
     };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.worker_threads(2).enable_all();
-    let probe = diagtool::probe::Probe::builder("bench")
+    let probe = diagtool_probe::Probe::builder("bench")
         .addr("127.0.0.1:0".parse().context("address")?)
         .install(&mut builder)
         .context("installing the probe")?;
@@ -83,7 +83,7 @@ fn dump_unsettled(n: u64) -> Result<()> {
     const WATCHDOG: Duration = Duration::from_secs(10);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.worker_threads(2).enable_all();
-    let probe = diagtool::probe::Probe::builder("bench")
+    let probe = diagtool_probe::Probe::builder("bench")
         .addr("127.0.0.1:0".parse().context("address")?)
         .install(&mut builder)
         .context("installing the probe")?;
@@ -104,7 +104,7 @@ fn dump_unsettled(n: u64) -> Result<()> {
                 drop(tokio::spawn(parked(cancel.clone(), polled.clone())));
             }
             let answer = get(
-                &diagtool::probe::router(probe),
+                &diagtool_probe::router(probe),
                 "/debug/tasks/dump?timeout_ms=3000",
             )
             .await;
@@ -128,7 +128,7 @@ async fn parked(cancel: CancellationToken, parked: Arc<AtomicU64>) {
     cancel.cancelled().await;
 }
 
-async fn point(probe: &diagtool::probe::Probe, n: u64) -> Result<serde_json::Value> {
+async fn point(probe: &diagtool_probe::Probe, n: u64) -> Result<serde_json::Value> {
     let before = probe.registry().totals().live;
     let cancel = CancellationToken::new();
     let polled = Arc::new(AtomicU64::new(0));
@@ -141,7 +141,7 @@ async fn point(probe: &diagtool::probe::Probe, n: u64) -> Result<serde_json::Val
     // docs/benchmarks.md), freezing the runtime.
     wait_until(|| polled.load(Ordering::Relaxed) >= n).await?;
     wait_until(|| probe.registry().totals().live >= before + n).await?;
-    let router = diagtool::probe::router(probe.clone());
+    let router = diagtool_probe::router(probe.clone());
 
     let mut snapshot_ms = Vec::new();
     let mut snapshot_cpu_ms = Vec::new();
@@ -151,7 +151,7 @@ async fn point(probe: &diagtool::probe::Probe, n: u64) -> Result<serde_json::Val
         snapshot_ms.push(ms);
         snapshot_cpu_ms.push(cpu_ms);
         snapshot_bytes = body.len();
-        let snap: diagtool::model::Snapshot =
+        let snap: diagtool_probe::model::Snapshot =
             serde_json::from_slice(&body).context("parsing /debug/tasks")?;
         if snap.tasks.live < n {
             bail!(
@@ -173,7 +173,7 @@ async fn point(probe: &diagtool::probe::Probe, n: u64) -> Result<serde_json::Val
         dump_ms.push(ms);
         dump_cpu_ms.push(cpu_ms);
         dump_bytes = body.len();
-        let dump: diagtool::model::Dump =
+        let dump: diagtool_probe::model::Dump =
             serde_json::from_slice(&body).context("parsing /debug/tasks/dump")?;
         if (dump.tasks.len() as u64) < n {
             bail!("the dump holds {} tasks, expected >= {n}", dump.tasks.len());

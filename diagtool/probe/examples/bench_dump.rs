@@ -1,17 +1,16 @@
 //! Snapshot and dump latency with many live tasks parked at one site.
 //!
 //! ```text
-//! cargo run --release -p diagtool --features probe --example bench_dump -- [TASKS...]
+//! cargo run --release -p diagtool-probe --example bench_dump -- [TASKS...]
 //! ```
 //! For each TASKS (default 1000 10000 100000) parks that many tasks on a channel, then times one
 //! snapshot (`?debug=2` detail included) and one task dump, and prints one JSON line:
 //! `{"points":[{"tasks":N,"snapshot_ms":X,"snapshot_bytes":N,"dump_ms":X,"dump_groups":N}]}`.
 
-#[cfg(feature = "probe")]
 fn main() {
     use std::time::{Duration, Instant};
 
-    use diagtool::probe::{Dumper, TaskRegistry, snapshot, spawn_named};
+    use diagtool_probe::{Dumper, TaskRegistry, snapshot, spawn_named};
 
     async fn park(mut rx: tokio::sync::watch::Receiver<bool>) {
         let _ = rx.wait_for(|go| *go).await;
@@ -66,10 +65,4 @@ fn main() {
         points.push(point);
     }
     println!("{{\"points\":[{}]}}", points.join(","));
-}
-
-#[cfg(not(feature = "probe"))]
-fn main() {
-    eprintln!("bench_dump needs the probe feature: --features probe");
-    std::process::exit(2);
 }

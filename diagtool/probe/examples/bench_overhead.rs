@@ -117,7 +117,7 @@ fn child(mode: Mode, options: &Options) -> Result<()> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.worker_threads(2).enable_all();
     let _registry = match mode {
-        Mode::Registry => Some(diagtool::probe::TaskRegistry::install(&mut builder)),
+        Mode::Registry => Some(diagtool_probe::TaskRegistry::install(&mut builder)),
         Mode::Plain => None,
         Mode::Console => {
             // As tokio-console's README has users do it, on a free loopback port so parallel

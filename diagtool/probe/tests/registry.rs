@@ -1,10 +1,9 @@
 //! The task registry against real runtimes: counts per site under concurrent spawns and aborts,
 //! terminates of unknown ids, ages, snapshot invariants, and spawn sites naming the caller's line.
-#![cfg(feature = "probe")]
 
 use std::time::{Duration, Instant};
 
-use diagtool::probe::{TaskRegistry, snapshot, spawn_named, spawn_named_in, spawn_named_on};
+use diagtool_probe::{TaskRegistry, snapshot, spawn_named, spawn_named_in, spawn_named_on};
 
 fn runtime(workers: usize) -> (tokio::runtime::Runtime, TaskRegistry) {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -27,7 +26,7 @@ fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
-fn site_starting(registry: &TaskRegistry, suffix: &str) -> diagtool::probe::SiteCounts {
+fn site_starting(registry: &TaskRegistry, suffix: &str) -> diagtool_probe::SiteCounts {
     registry
         .sites()
         .into_iter()
@@ -74,8 +73,8 @@ fn counts_per_site_under_concurrent_spawns_and_aborts() {
     assert_eq!(parked.len(), SPAWNERS * PER_SPAWNER / 2);
 
     let live_expected = (SPAWNERS * PER_SPAWNER / 2) as u64;
-    let parked_site = format!("diagtool/tests/registry.rs:{parked_line}:");
-    let spawner_site = format!("diagtool/tests/registry.rs:{spawner_line}:");
+    let parked_site = format!("diagtool/probe/tests/registry.rs:{parked_line}:");
+    let spawner_site = format!("diagtool/probe/tests/registry.rs:{spawner_line}:");
     wait_until("aborted tasks counted", || {
         let site = site_starting(&registry, &parked_site);
         site.spawned == (SPAWNERS * PER_SPAWNER) as u64 && site.live() == live_expected
@@ -180,7 +179,7 @@ fn ages_give_oldest_and_median() {
         .iter()
         .find(|s| {
             s.site
-                .starts_with(&format!("diagtool/tests/registry.rs:{line}:"))
+                .starts_with(&format!("diagtool/probe/tests/registry.rs:{line}:"))
         })
         .unwrap_or_else(|| panic!("site at line {line}: {snap:#?}"));
     assert_eq!(site.live, 3);
@@ -220,7 +219,7 @@ fn spawn_helpers_record_the_callers_line_and_name() {
             .expect("task registered");
         assert!(
             task.site
-                .starts_with(&format!("diagtool/tests/registry.rs:{line}:")),
+                .starts_with(&format!("diagtool/probe/tests/registry.rs:{line}:")),
             "site {} is not the caller's line {line}",
             task.site
         );
