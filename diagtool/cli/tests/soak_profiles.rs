@@ -8,7 +8,7 @@ use std::time::Duration;
 use diagtool::soak::profile::{FaultKind, Profile, RotationMode};
 
 fn profiles_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../profiles")
 }
 
 fn load(name: &str, duration: Option<Duration>) -> Profile {

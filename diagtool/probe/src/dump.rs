@@ -340,7 +340,10 @@ fn frame_path(path: &str) -> String {
     if !short.starts_with('/') {
         return short.into_owned();
     }
-    let build_root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent();
+    // This crate lives at `diagtool/probe/` in its workspace.
+    let build_root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2);
     let cwd = std::env::current_dir().ok();
     for root in [build_root, cwd.as_deref()].into_iter().flatten() {
         if let Ok(rest) = std::path::Path::new(path).strip_prefix(root) {

@@ -4,14 +4,12 @@
 //!
 //! Skipped (with a note) unless `SHIPPER_RELEASE_BIN` names a release shipper binary:
 //! `cargo build --release -p shipper && SHIPPER_RELEASE_BIN=target/release/shipper cargo test -p
-//! shipper --test release_dump`.
+//! e2e --test release_dump`.
 #![allow(clippy::unwrap_used)]
-
-mod support;
 
 use std::time::Duration;
 
-use support::{Env, wait_until};
+use testkit::shipper::{Env, wait_until};
 
 #[test]
 fn a_release_dump_of_poll_spawn_shows_the_lab_function_and_its_await_point() {
@@ -51,7 +49,7 @@ fn a_release_dump_of_poll_spawn_shows_the_lab_function_and_its_await_point() {
         trace.iter().any(|f| f.contains("park_after_poll")),
         "the lab's function:\n{text}"
     );
-    let await_line = include_str!("../src/leaklab.rs")
+    let await_line = include_str!("../shipper/src/leaklab.rs")
         .lines()
         .position(|l| l.contains("answer.notified().await"))
         .unwrap()

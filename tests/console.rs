@@ -4,15 +4,13 @@
 //! the leak lab's unnamed tasks with theirs in `shipper/src/leaklab.rs`.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use console_api::field::{Name, Value};
 use console_api::instrument::InstrumentRequest;
 use console_api::instrument::instrument_client::InstrumentClient;
-use support::{Env, wait_until};
+use testkit::shipper::{Env, wait_until};
 
 /// The supervisor's components of a shipper with a file sink, its probe, the console and the leak
 /// lab: every one is spawned through the probe, so every one must arrive named.

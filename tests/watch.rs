@@ -5,13 +5,11 @@
 //! `diagtool.watch/v1` document `--json` prints, so the test can read it.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser as _;
-use support::Env;
+use testkit::shipper::Env;
 
 /// Runs the watch against `debug_addr`; returns the exit code and the watch document.
 fn watch(debug_addr: &str, record: &std::path::Path) -> (ExitCode, serde_json::Value) {
@@ -78,7 +76,7 @@ fn watch_passes_a_clean_shipper_and_names_the_leak_lab_site_of_a_leaking_one() {
         "{doc:#}"
     );
     assert!(written > 500, "the load ran: {written} lines");
-    support::wait_until(Duration::from_secs(20), "every line shipped", || {
+    testkit::shipper::wait_until(Duration::from_secs(20), "every line shipped", || {
         env.delivered().len() as u64 == written
     });
     assert!(shipper.terminate(Duration::from_secs(15)).success());
@@ -104,6 +102,7 @@ fn watch_passes_a_clean_shipper_and_names_the_leak_lab_site_of_a_leaking_one() {
 
 #[test]
 fn the_demo_names_the_leak_and_returns_success() {
+    let shipper = testkit::shipper::shipper_bin();
     let cli = diagtool::cli::Cli::try_parse_from([
         "diagtool",
         "demo",
@@ -112,7 +111,7 @@ fn the_demo_names_the_leak_and_returns_success() {
         "--duration",
         "10s",
         "--shipper",
-        support::BIN,
+        shipper.to_str().unwrap(),
     ])
     .unwrap();
     let started = Instant::now();
