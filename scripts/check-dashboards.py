@@ -4,11 +4,14 @@ files parse, and every shipper_* series that the dashboard and the rules query i
 /metrics text given as the only argument (histogram _bucket/_sum/_count resolve to their base).
 Per-site task series are reported, not failed, while the probe is not wired into the shipper."""
 import json
+import os
 import re
 import sys
 
 import yaml
 
+# Files are named from the repository root, found from this script, so any directory works.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PER_SITE = {"shipper_tasks_live", "shipper_tasks_spawned_total", "shipper_tasks_terminated_total"}
 
 
@@ -24,17 +27,17 @@ def served_names(path):
 
 def main():
     served = served_names(sys.argv[1])
-    with open("docs/grafana-dashboard.json") as f:
+    with open(os.path.join(ROOT, "docs/grafana-dashboard.json")) as f:
         dash = json.load(f)
     exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
     if not exprs:
         sys.exit("docs/grafana-dashboard.json has no queries")
-    with open("docs/prometheus-rules.yml") as f:
+    with open(os.path.join(ROOT, "docs/prometheus-rules.yml")) as f:
         rules = yaml.safe_load(f)
     exprs += [r["expr"] for g in rules["groups"] for r in g["rules"]]
     for name in ["docker-compose.yml", "docs/compose/grafana-datasources.yml",
                  "docs/compose/grafana-dashboards.yml"]:
-        with open(name) as f:
+        with open(os.path.join(ROOT, name)) as f:
             yaml.safe_load(f)
 
     missing = set()

@@ -49,6 +49,8 @@ const FAILED: u8 = 2;
 struct Component {
     last_ms: AtomicU64,
     state: AtomicU8,
+    /// Why it failed, when it did.
+    error: Mutex<Option<String>>,
 }
 
 #[derive(Debug)]
@@ -76,6 +78,9 @@ pub struct ComponentReport {
     pub last_heartbeat_s: f64,
     /// `running`, `stopped` or `failed`.
     pub state: &'static str,
+    /// Why it failed (an error, or `panicked: MESSAGE`); absent unless it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The `/health` document.
@@ -121,6 +126,7 @@ impl Health {
                 Arc::new(Component {
                     last_ms: AtomicU64::new(now),
                     state: AtomicU8::new(RUNNING),
+                    error: Mutex::new(None),
                 })
             })
             .clone()
@@ -138,6 +144,16 @@ impl Health {
         let c = self.component(name);
         c.state
             .store(if failed { FAILED } else { STOPPED }, Ordering::Relaxed);
+    }
+
+    /// Records that a component failed, and why (shown as its `error` in `/health`).
+    pub fn failed(&self, name: &str, reason: &str) {
+        let c = self.component(name);
+        c.error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert_with(|| reason.to_owned());
+        c.state.store(FAILED, Ordering::Relaxed);
     }
 
     /// Sets the readiness flag.
@@ -197,6 +213,11 @@ impl Health {
                         STOPPED => "stopped",
                         _ => "running",
                     },
+                    error: c
+                        .error
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .clone(),
                 },
             );
         }
@@ -250,6 +271,29 @@ mod tests {
         assert_eq!(h.report().status, Status::Ok);
         h.ended("a", true);
         assert_eq!(h.report().status, Status::Critical);
+    }
+
+    #[test]
+    fn a_failed_component_says_why_even_while_stopping() {
+        let h = Health::new(Duration::from_secs(60));
+        let _b = h.heartbeat("reader");
+        let _c = h.heartbeat("sink");
+        h.failed("reader", "panicked: index out of bounds");
+        h.set_stopping();
+        h.ended("sink", false);
+        let r = h.report();
+        assert_eq!(r.status, Status::Critical, "503 until the process is gone");
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["components"]["reader"]["state"], "failed");
+        assert_eq!(v["components"]["reader"]["status"], "critical");
+        assert_eq!(
+            v["components"]["reader"]["error"],
+            "panicked: index out of bounds"
+        );
+        assert!(
+            v["components"]["sink"].get("error").is_none(),
+            "no error key unless it failed: {v}"
+        );
     }
 
     #[derive(Debug)]

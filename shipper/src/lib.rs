@@ -80,7 +80,8 @@ pub async fn run(
 }
 
 /// Runs the shipper with its diagnostics until `signal` completes (graceful shutdown) or a
-/// component fails (error).
+/// component fails (error). A component that panicked ends the run the same way, and the error
+/// is then a [`supervisor::Panicked`] (`err.downcast_ref::<Panicked>()`).
 ///
 /// Shutdown order: not ready; the reader stops; the dispatcher flushes what was read; the sink
 /// delivers it; the checkpointer saves the acknowledged positions. If that takes longer than
@@ -314,6 +315,12 @@ pub async fn run_with(
     server_stop.cancel();
     if !sup.wait(HARD_STOP_GRACE).await {
         tracing::error!("some components did not stop in time");
+    }
+    // A panic is a bug, not the environment's doing: returned as its own type so the binary can
+    // exit with its own code. The positions acknowledged before it were saved all the same.
+    if let Some(p) = sup.panicked() {
+        tracing::error!("stopped after a panic; acknowledged positions saved");
+        return Err(p.into());
     }
     if let Some(f) = sup.failure() {
         anyhow::bail!(f);

@@ -1,5 +1,7 @@
 //! `shipper`: see `shipper --help`. Parses flags, loads the config, runs [`shipper::run`] and maps
-//! failures to exit codes: 2 for a bad config or usage, 1 for a runtime failure.
+//! failures to exit codes: 0 after a clean stop (SIGTERM/SIGINT), 2 for a bad config or usage, 1
+//! for a runtime failure, [`EXIT_PANIC`] when a component panicked (a bug; the positions
+//! acknowledged before it were saved).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -196,6 +198,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
     result
 }
 
+/// Exit code when a component panicked: the code Rust gives an unhandled panic, so the usual
+/// reading of it (a bug, with a backtrace on stderr) holds; 1 stays for failures the environment
+/// caused (a sink path that cannot be written, a port taken).
+const EXIT_PANIC: u8 = 101;
+
 /// How long the runtime's threads get to finish after the shipper has stopped.
 const RUNTIME_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -240,7 +247,11 @@ fn main() -> ExitCode {
         }
         Err(Failure::Runtime(e)) => {
             eprintln!("shipper: {e:#}");
-            ExitCode::from(1)
+            if e.downcast_ref::<shipper::supervisor::Panicked>().is_some() {
+                ExitCode::from(EXIT_PANIC)
+            } else {
+                ExitCode::from(1)
+            }
         }
     }
 }

@@ -4,11 +4,20 @@
 //! then drains through channel closure), `hard_stop` fires at the shutdown deadline and makes every
 //! component abandon what it holds (unacknowledged, so re-read next start). A component that fails
 //! records the first failure and triggers `shutdown`, so the process ends instead of limping on.
+//!
+//! A panic is a failure too: it is caught where the component's task starts, logged with the
+//! component's name and the panic's message, the component is marked failed in `/health` (503),
+//! and shutdown starts, so the components still running drain and the checkpointer's final save
+//! runs. [`crate::run_with`] then returns [`Panicked`], which the binary maps to exit code 101 (the
+//! code Rust itself uses for a panic). Left alone, a panicking task would end silently: nothing
+//! marks it ended and the process runs on without it until its heartbeat goes stale.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -22,6 +31,42 @@ struct Inner {
     hard_stop: CancellationToken,
     health: Health,
     failure: Mutex<Option<String>>,
+    panicked: Mutex<Option<Panicked>>,
+}
+
+impl Inner {
+    /// Records a component's failure (the first one is the process's), marks it failed in
+    /// health and starts shutdown.
+    fn failed(&self, name: &'static str, reason: String) {
+        self.health.failed(name, &reason);
+        let mut f = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
+        f.get_or_insert_with(|| format!("{name}: {reason}"));
+        drop(f);
+        self.shutdown.cancel();
+    }
+}
+
+/// A supervised component panicked: a bug in the shipper. [`crate::run_with`] returns it (inside
+/// its `anyhow::Error`) after the ordered shutdown, so the binary can tell it from an error the
+/// environment caused and exit with 101.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("component '{component}' panicked: {message}")]
+pub struct Panicked {
+    /// The component's name (as in `/health`).
+    pub component: &'static str,
+    /// The panic's message (its `&str` or `String` payload).
+    pub message: String,
+}
+
+/// The message of a panic payload: `panic!` gives a `&str` or a `String`.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_owned()
+    }
 }
 
 /// Owns the process's tasks; cheap to clone.
@@ -40,6 +85,7 @@ impl Supervisor {
                 hard_stop: CancellationToken::new(),
                 health,
                 failure: Mutex::new(None),
+                panicked: Mutex::new(None),
             }),
         }
     }
@@ -66,26 +112,49 @@ impl Supervisor {
 
     /// Spawns a named component. `#[track_caller]`: the runtime's spawn site is the caller's line
     /// (so `/debug/tasks` names `lib.rs:NN`, where the component is started, not this file).
-    /// An error ends the component, is logged, kept as the process's failure and starts shutdown.
+    /// An error or a panic ends the component, is logged, kept as the process's failure and
+    /// starts shutdown.
     #[track_caller]
     pub fn spawn<F>(&self, name: &'static str, fut: F) -> JoinHandle<()>
     where
         F: Future<Output = anyhow::Result<()>> + Send + 'static,
     {
+        #[cfg(debug_assertions)]
+        let fut = test_panic::arm(name, fut);
         let inner = Arc::clone(&self.inner);
         let task = async move {
-            let result = fut.await;
+            // Unwind safety: after a panic the component's future is dropped, never polled again.
+            // What it shared lives behind channels (closed by the drop, which is how the others
+            // learn it is gone) and mutexes that every user takes through `PoisonError::into_inner`
+            // (the ledger only records acknowledged positions, so a half-done update is at worst
+            // a position not yet advanced: lines re-read, never lost).
+            let result = AssertUnwindSafe(fut).catch_unwind().await;
             match result {
-                Ok(()) => {
+                Ok(Ok(())) => {
                     tracing::debug!(component = name, "component stopped");
                     inner.health.ended(name, false);
                 }
-                Err(e) => {
-                    tracing::error!(component = name, error = %format!("{e:#}"), "component failed");
-                    inner.health.ended(name, true);
-                    let mut f = inner.failure.lock().unwrap_or_else(PoisonError::into_inner);
-                    f.get_or_insert_with(|| format!("{name}: {e:#}"));
-                    inner.shutdown.cancel();
+                Ok(Err(e)) => {
+                    let reason = format!("{e:#}");
+                    tracing::error!(component = name, error = %reason, "component failed");
+                    inner.failed(name, reason);
+                }
+                Err(payload) => {
+                    let message = panic_message(&*payload);
+                    tracing::error!(
+                        component = name,
+                        panic = %message,
+                        "component panicked: shutting down, saving acknowledged positions"
+                    );
+                    inner
+                        .panicked
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .get_or_insert_with(|| Panicked {
+                            component: name,
+                            message: message.clone(),
+                        });
+                    inner.failed(name, format!("panicked: {message}"));
                 }
             }
         };
@@ -104,12 +173,70 @@ impl Supervisor {
             .clone()
     }
 
+    /// The first component panic, if any.
+    pub fn panicked(&self) -> Option<Panicked> {
+        self.inner
+            .panicked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// Waits until every spawned task ended, at most `limit`. Returns whether they all did.
     pub async fn wait(&self, limit: Duration) -> bool {
         self.inner.tracker.close();
         tokio::time::timeout(limit, self.inner.tracker.wait())
             .await
             .is_ok()
+    }
+}
+
+/// A panic on demand, for the tests that run the real binary: debug builds only, so a release
+/// shipper cannot panic this way whatever its environment holds.
+///
+/// `SHIPPER_TEST_PANIC=COMPONENT:FILE` makes the component named COMPONENT panic, inside its own
+/// task, once FILE exists (checked every 50 ms): the test decides when, after the lines it wants
+/// acknowledged are through. The panic unwinds through the component's future and drops it, as a
+/// panic in the component's own code would.
+#[cfg(debug_assertions)]
+mod test_panic {
+    use std::future::Future;
+    use std::path::PathBuf;
+    use std::pin::Pin;
+    use std::time::Duration;
+
+    /// The variable's name.
+    pub(super) const VAR: &str = "SHIPPER_TEST_PANIC";
+
+    type Component = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+
+    /// `fut`, set to panic when [`VAR`] names `name`.
+    pub(super) fn arm<F>(name: &'static str, fut: F) -> Component
+    where
+        F: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let Some(trigger) = std::env::var(VAR)
+            .ok()
+            .and_then(|v| {
+                v.split_once(':')
+                    .map(|(c, f)| (c == name, PathBuf::from(f)))
+            })
+            .and_then(|(ours, file)| ours.then_some(file))
+        else {
+            return Box::pin(fut);
+        };
+        tracing::warn!(component = name, trigger = %trigger.display(), "{VAR}: this component will panic when the trigger file exists");
+        Box::pin(async move {
+            let armed = async {
+                while !trigger.exists() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            };
+            tokio::select! {
+                result = fut => result,
+                () = armed => panic!("{VAR}: {name} panics on purpose ({} exists)", trigger.display()),
+            }
+        })
     }
 }
 
@@ -132,6 +259,58 @@ mod tests {
         assert!(s.shutdown().is_cancelled());
         assert_eq!(s.failure().as_deref(), Some("broken: disk on fire"));
         assert_eq!(s.health().report().components["broken"].state, "failed");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_component_is_failed_named_and_starts_shutdown() {
+        let s = Supervisor::new(Health::new(Duration::from_secs(10)));
+        let stop = s.shutdown();
+        let drained = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = Arc::clone(&drained);
+        s.spawn("checkpointer", async move {
+            stop.cancelled().await;
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        });
+        let reader = s.spawn("reader", async {
+            tokio::task::yield_now().await;
+            panic!("index out of bounds: {}", 7)
+        });
+        assert!(s.wait(Duration::from_secs(5)).await);
+        reader
+            .await
+            .expect("the panic is caught, not passed to the join handle");
+        assert!(s.shutdown().is_cancelled());
+        assert!(
+            drained.load(std::sync::atomic::Ordering::SeqCst),
+            "the others drain"
+        );
+        assert_eq!(
+            s.panicked(),
+            Some(Panicked {
+                component: "reader",
+                message: "index out of bounds: 7".into()
+            })
+        );
+        assert_eq!(
+            s.failure().as_deref(),
+            Some("reader: panicked: index out of bounds: 7")
+        );
+        let report = s.health().report();
+        assert_eq!(report.status, crate::health::Status::Critical);
+        assert_eq!(report.components["reader"].state, "failed");
+        assert_eq!(
+            report.components["reader"].error.as_deref(),
+            Some("panicked: index out of bounds: 7")
+        );
+        assert_eq!(report.components["checkpointer"].state, "stopped");
+    }
+
+    #[test]
+    fn panic_messages_of_either_payload_type_are_read() {
+        assert_eq!(panic_message(&"static"), "static");
+        assert_eq!(panic_message(&String::from("owned")), "owned");
+        assert_eq!(panic_message(&42u8), "a panic without a message");
     }
 
     #[test]

@@ -391,6 +391,51 @@ fn killing_diagtool_outright_takes_the_shipper_down_too() {
     );
 }
 
+/// Regression (issue 14): `scripts/soak` passed `--shipper target/release/shipper`, relative to the
+/// directory it ran in, and the soak started the shipper from its own work directory, where that
+/// path names nothing ("cannot start the shipper ...: No such file or directory"). CI hid it with
+/// an absolute `CARGO_TARGET_DIR`. Here diagtool runs in the test's directory with relative
+/// `--profile` and `--shipper` paths, and its work directory is elsewhere.
+#[test]
+fn a_relative_shipper_path_is_taken_from_the_directory_diagtool_runs_in() {
+    let run = Run::new("good", &profile("", ""));
+    let out_path = run.dir.path().join("soak.out");
+    std::fs::create_dir_all(run.dir.path().join("work")).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_diagtool"))
+        .current_dir(run.dir.path())
+        .args([
+            "soak",
+            "--profile",
+            "profile.toml",
+            "--shipper",
+            "./shipper",
+        ])
+        .env("TMPDIR", run.dir.path().join("work"))
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(run.dir.path().join("soak.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("diagtool soak did not exit within 90 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = std::fs::read_to_string(&out_path).unwrap();
+    let err = std::fs::read_to_string(run.dir.path().join("soak.err")).unwrap();
+    assert_eq!(status.code(), Some(0), "{out}\n--- stderr:\n{err}");
+    let report = diagtool::model::SoakReport::from_json(out.lines().last().unwrap()).unwrap();
+    assert!(report.passed, "{:#?}", report.failures);
+    assert_eq!(report.lines_delivered, report.lines_written);
+    run.assert_shipper_gone();
+}
+
 // ---------------------------------------------------------------------------------------------
 // The stand-in shipper.
 

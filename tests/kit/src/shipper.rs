@@ -67,6 +67,8 @@ pub struct Env {
     pub server_extra: String,
     /// Extra command-line arguments (e.g. `--leak-lab poll-spawn:4/1s`).
     pub args: Vec<String>,
+    /// Extra environment variables of the process (e.g. `SHIPPER_TEST_PANIC`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Env {
@@ -88,6 +90,7 @@ impl Env {
             tables: String::new(),
             server_extra: String::new(),
             args: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -145,6 +148,7 @@ impl Env {
             .arg(&config)
             .args(&self.args)
             .env("SHIPPER_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout).unwrap())
             .stderr(std::fs::File::create(&log).unwrap())

@@ -46,12 +46,21 @@ pub struct ShipperChild {
 }
 
 impl ShipperChild {
-    /// Starts `program` with `args` in `dir`, its output appended to `log`.
+    /// Starts `program` with `args` in `dir`, its output appended to `log`. A relative `program`
+    /// with a directory part (`target/release/shipper`) is taken from this process's current
+    /// directory, not from `dir`; a bare name is looked up in `PATH`.
     pub fn spawn(program: &Path, args: &[String], dir: &Path, log: &Path) -> std::io::Result<Self> {
         use std::os::unix::process::CommandExt as _;
+        // On Unix the child resolves a relative program path after changing to `dir`, where it
+        // names nothing: the soak once failed that way from a fresh clone.
+        let program = if program.is_relative() && program.components().count() > 1 {
+            std::path::absolute(program)?
+        } else {
+            program.to_owned()
+        };
         let out = File::options().create(true).append(true).open(log)?;
         let err = out.try_clone()?;
-        let mut cmd = std::process::Command::new(program);
+        let mut cmd = std::process::Command::new(&program);
         cmd.args(args)
             .current_dir(dir)
             .stdin(Stdio::null())

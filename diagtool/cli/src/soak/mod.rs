@@ -179,11 +179,19 @@ fn not_started(profile: &Profile, message: String) -> Judgement {
 }
 
 /// `--shipper PATH`, or `shipper` beside the running executable (or beside its parent when it
-/// runs from `target/*/deps`, as tests do).
+/// runs from `target/*/deps`, as tests do). Always an absolute path: the shipper is started in
+/// the run's work directory, where a relative path (`target/release/shipper`, as `scripts/soak`
+/// used to pass) would name nothing, so a relative one is resolved here against the directory
+/// diagtool was started in, as the user meant it.
 pub(crate) fn resolve_shipper(given: Option<&Path>) -> Result<PathBuf, String> {
     if let Some(path) = given {
         return if path.is_file() {
-            Ok(path.to_owned())
+            std::path::absolute(path).map_err(|e| {
+                format!(
+                    "--shipper '{}': cannot make the path absolute ({e}); give an absolute path",
+                    path.display()
+                )
+            })
         } else {
             Err(format!(
                 "--shipper '{}' is not a file; give the path of the shipper binary",
@@ -471,6 +479,17 @@ fn written_of(profile: &Profile, lines: u64) -> Written {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_relative_shipper_path_is_made_absolute_against_the_current_directory() {
+        // Unit tests run in the package's directory, which holds Cargo.toml.
+        let resolved = resolve_shipper(Some(Path::new("Cargo.toml"))).unwrap();
+        assert!(resolved.is_absolute(), "{}", resolved.display());
+        assert_eq!(
+            resolved,
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")
+        );
+    }
 
     #[test]
     fn a_missing_shipper_is_named() {

@@ -5,8 +5,11 @@
 //! a new series ([`series`]). Per site, [`judge`] fits the growth per minute by least squares (shown,
 //! with R²) and by Theil-Sen (decides, since bursts do not move it), finds the regular step, and
 //! combines the [`rules`]: a site whose robust growth beats the threshold is `leak` when its floor
-//! rises, it is still growing at the end of the window and its oldest task is as old as the growth;
-//! `stable` when it reached a plateau; else `growing`.
+//! rises, and rose more than once (one step is a warm-up as much as a leak), it is still growing at
+//! the end of the window and its oldest task is as old as the growth; `stable` when it reached a
+//! plateau; else `growing`. Each verdict is a pure function of the samples, so `diagtool report`
+//! on a recording agrees with what `watch` printed at its last sample, and a steady leak replayed
+//! by prefix goes from `stable`/`growing` to `leak` once and stays there.
 
 mod diff;
 mod fit;
@@ -15,7 +18,9 @@ pub mod series;
 
 pub use diff::diff;
 pub use fit::{LineFit, THEIL_SEN_MAX_POINTS, least_squares, theil_sen};
-pub use rules::{AgeCorroboration, Check, RisingFloor, Rules, StepPattern, StillGrowing};
+pub use rules::{
+    AgeCorroboration, Check, RepeatedRise, RisingFloor, Rules, StepPattern, StillGrowing,
+};
 pub use series::{Point, SiteSeries, site_series, split_at_restarts};
 
 use crate::{
@@ -192,15 +197,18 @@ pub fn judge(series: &SiteSeries, options: &Options) -> SiteGrowth {
         let recent = rules.recent.check(points, step.as_ref());
         let floor = rules.floor.check(points);
         let age = rules.age.check(points);
+        let rises = rules.rises.check(points);
         if !recent.ok {
             (Verdict::Stable, recent.reason)
-        } else if floor.ok && age.ok && points.len() >= rules.min_samples_for_leak {
+        } else if floor.ok && rises.ok && age.ok && points.len() >= rules.min_samples_for_leak {
             (
                 Verdict::Leak,
                 format!("{}; {}; {}", floor.reason, recent.reason, age.reason),
             )
         } else if !floor.ok {
             (Verdict::Growing, floor.reason)
+        } else if !rises.ok {
+            (Verdict::Growing, rises.reason)
         } else if !age.ok {
             (Verdict::Growing, age.reason)
         } else {

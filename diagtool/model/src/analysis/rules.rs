@@ -4,6 +4,11 @@
 //! Leaked tasks never end, so a leaking site's floor (the minimum live count over a stretch of
 //! time) ratchets up, the growth is still going on at the end of the window, and its oldest task
 //! ages with the wall clock. Bursts fall back to their floor; a pool that warms up stops climbing.
+//! A single rise of the floor cannot be told from a warm-up (a pool that fills once), so a leak
+//! needs the floor to rise again ([`RepeatedRise`]); and a flat stretch between two steps of a leak
+//! is not a plateau as long as it is no longer than the growth's own rhythm ([`StillGrowing`]).
+//! So a steady leak, replayed one more sample at a time, reads `stable`/`growing` until its second
+//! step and `leak` from then on, never `leak` and then back.
 //! [`Rules`] bundles one of each; [`crate::analysis::judge`] combines them.
 
 use crate::Step;
@@ -20,6 +25,8 @@ pub struct Rules {
     pub recent: StillGrowing,
     /// The oldest task must be about as old as the growth.
     pub age: AgeCorroboration,
+    /// The floor must have risen more than once.
+    pub rises: RepeatedRise,
     /// How a regular step is recognised.
     pub step: StepPattern,
     /// The fewest samples a `leak` verdict needs.
@@ -33,6 +40,7 @@ impl Default for Rules {
             floor: RisingFloor::default(),
             recent: StillGrowing::default(),
             age: AgeCorroboration::default(),
+            rises: RepeatedRise::default(),
             step: StepPattern::default(),
             min_samples_for_leak: 3,
         }
@@ -119,8 +127,16 @@ impl RisingFloor {
 }
 
 /// The growth must still be going on: the last new high is no older than `quiet_fraction` of the
-/// window, or `step_periods` step periods when a regular step shows. A site that stopped climbing
-/// has reached a plateau: `stable`, never `leak`.
+/// window, or than the growth's own rhythm: `step_periods` step periods when a regular step shows,
+/// else the flat stretch before the first new high. A site that stopped climbing has reached a
+/// plateau: `stable`, never `leak`.
+///
+/// Why the rhythm: between two steps of a step-shaped leak the series is flat for the period less
+/// one sample interval, which in a short window is more than `quiet_fraction` of it. Sampled every
+/// 5 s, a +16/30s leak whose first step shows at 30 s is flat from 30 s to 55 s; by the window
+/// alone that reads as a plateau at 55 s and as growth again at 60 s. Without a step pattern (one
+/// step seen), the stretch the site was flat before it rose is the best bound on its period there
+/// is.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StillGrowing {
     /// Longest quiet stretch at the end, as a share of the window.
@@ -148,17 +164,22 @@ impl StillGrowing {
             };
         };
         let mut high = first.live;
+        let mut first_high_t = None;
         let mut last_high_t = first.t_s;
         for p in &points[1..] {
             if p.live > high {
                 high = p.live;
                 last_high_t = p.t_s;
+                first_high_t.get_or_insert(p.t_s);
             }
         }
         let span = last.t_s - first.t_s;
         let quiet = last.t_s - last_high_t;
-        let allowed =
-            (span * self.quiet_fraction).max(step.map_or(0.0, |s| s.every_s * self.step_periods));
+        let rhythm = match step {
+            Some(s) => s.every_s * self.step_periods,
+            None => first_high_t.map_or(0.0, |t| t - first.t_s),
+        };
+        let allowed = (span * self.quiet_fraction).max(rhythm);
         let ok = last_high_t > first.t_s && quiet <= allowed;
         let reason = if ok {
             format!("last new high {quiet:.0}s ago")
@@ -166,6 +187,91 @@ impl StillGrowing {
             format!("plateau at {high} for the last {quiet:.0}s")
         };
         Check { ok, reason }
+    }
+}
+
+/// A leak raises its floor again and again; a pool that warms up raises it once (or in one quick
+/// burst of rises) and stops. The floor here is the lowest count from a sample to the end of the
+/// window (leaked tasks never end, so it only climbs, and bursts above it do not lift it); the
+/// rule holds when it rose at `min_rises` samples at least, the first and the last of those rises
+/// at least `min_spread` of the window apart. One step is `growing`, never `leak`: it cannot be
+/// told from a warm-up until the next one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RepeatedRise {
+    /// Fewest samples at which the floor rose.
+    pub min_rises: usize,
+    /// Least time from the first rise to the last, as a share of the window.
+    pub min_spread: f64,
+}
+
+impl Default for RepeatedRise {
+    fn default() -> Self {
+        RepeatedRise {
+            min_rises: 2,
+            min_spread: 0.25,
+        }
+    }
+}
+
+impl RepeatedRise {
+    /// Where the floor rose: the time of each sample whose floor is above the previous sample's,
+    /// with the rise.
+    pub fn rises(&self, points: &[Point]) -> Vec<(f64, u64)> {
+        let mut floors: Vec<u64> = points.iter().map(|p| p.live).collect();
+        for i in (0..floors.len().saturating_sub(1)).rev() {
+            floors[i] = floors[i].min(floors[i + 1]);
+        }
+        (1..points.len())
+            .filter(|&i| floors[i] > floors[i - 1])
+            .map(|i| (points[i].t_s, floors[i] - floors[i - 1]))
+            .collect()
+    }
+
+    /// Applies the rule.
+    pub fn check(&self, points: &[Point]) -> Check {
+        let rises = self.rises(points);
+        let span = match (points.first(), points.last()) {
+            (Some(f), Some(l)) => l.t_s - f.t_s,
+            _ => 0.0,
+        };
+        let shown = |rises: &[(f64, u64)]| {
+            let parts: Vec<String> = rises
+                .iter()
+                .map(|(t, d)| format!("+{d} at {t:.0}s"))
+                .collect();
+            parts.join(", ")
+        };
+        match (rises.first(), rises.last()) {
+            (Some(&(first, _)), Some(&(last, _))) if rises.len() >= self.min_rises.max(1) => {
+                let spread = last - first;
+                if spread >= self.min_spread * span {
+                    Check {
+                        ok: true,
+                        reason: format!("floor rose {} times over {spread:.0}s", rises.len()),
+                    }
+                } else {
+                    Check {
+                        ok: false,
+                        reason: format!(
+                            "the floor rose only within {spread:.0}s of {span:.0}s ({}): a warm-up \
+                             looks the same",
+                            shown(&rises)
+                        ),
+                    }
+                }
+            }
+            _ => Check {
+                ok: false,
+                reason: if rises.is_empty() {
+                    "the floor never rose".to_owned()
+                } else {
+                    format!(
+                        "one step so far ({}): a warm-up looks the same until the floor rises again",
+                        shown(&rises)
+                    )
+                },
+            },
+        }
     }
 }
 
