@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde::ser::{SerializeMap, SerializeSeq, SerializeTuple, Serializer};
+use serde::ser::{SerializeMap, SerializeTuple, Serializer};
 use serde::{Deserialize, Serialize};
 
 use super::labels::finish_labels;
@@ -508,40 +508,21 @@ pub struct JsonPushRef<'a> {
 
 impl Serialize for JsonPushRef<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(Some(1))?;
-        map.serialize_entry("streams", self.streams)?;
-        map.end()
+        super::encode::JsonPush(self.streams).serialize(s)
     }
 }
 
-impl Serialize for JsonStreamRef<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(Some(2))?;
-        map.serialize_entry("stream", self.labels)?;
-        map.serialize_entry("values", &ValuesRef(self.entries))?;
-        map.end()
+impl super::encode::PushStream for JsonStreamRef<'_> {
+    fn labels(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.labels.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
-}
 
-struct ValuesRef<'a>(&'a [(i64, String)]);
-
-impl Serialize for ValuesRef<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut seq = s.serialize_seq(Some(self.0.len()))?;
-        for (ts, line) in self.0 {
-            seq.serialize_element(&(NsString(*ts), line.as_str()))?;
-        }
-        seq.end()
+    fn entry_count(&self) -> usize {
+        self.entries.len()
     }
-}
 
-/// An i64 serialized as its decimal string, formatted on the stack (no allocation per entry).
-struct NsString(i64);
-
-impl Serialize for NsString {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut buf = [0u8; 20];
-        s.serialize_str(decimal(self.0, &mut buf))
+    fn entries(&self) -> impl Iterator<Item = (i64, &str)> {
+        self.entries.iter().map(|(ts, line)| (*ts, line.as_str()))
     }
 }
 

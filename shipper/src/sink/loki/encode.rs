@@ -1,24 +1,20 @@
 //! Turns a [`Batch`] into a push body, once: the body is kept for every retry of the batch.
 //!
-//! Both encodings read the batch's lines straight from its text buffers (no copy of a line, no
-//! allocation per entry; timestamps are formatted on the stack). JSON is serialized straight into
-//! the gzip compressor; protobuf is written field by field (Loki's `logproto` push
-//! layout, checked against `diagtool_model::loki::wire`'s decoder in the tests) and snappy-compressed.
+//! Both encodings are the wire's own (`diagtool_model::loki::encode`), reading the batch's lines
+//! straight from its text buffers through [`PushStream`] (no copy of a line, no allocation per
+//! entry). JSON is serialized straight into the gzip compressor; protobuf is written field by
+//! field and snappy-compressed.
 //! Either way the batch's lines are freed once encoded: a batch waiting for Loki (for as long as
 //! an outage lasts) holds only its compressed body and its acks, not a second copy of its text.
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use diagtool_model::loki::wire::{Timestamp, decimal, write_labels};
+use diagtool_model::loki::encode::{JsonPush, PushStream, write_protobuf};
 use flate2::Compression;
 use flate2::write::GzEncoder;
-use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
-use serde::ser::{
-    Serialize, SerializeMap as _, SerializeSeq as _, SerializeTuple as _, Serializer,
-};
 
 use super::LokiEncoding;
-use crate::event::{Batch, Lines, StreamBatch};
+use crate::event::{Batch, StreamBatch};
 
 /// An encoded body and the headers that describe it.
 #[derive(Debug, Clone)]
@@ -71,100 +67,24 @@ fn json_gzip(batch: &Batch) -> anyhow::Result<Body> {
 /// JSON text handed to the compressor at a time.
 const JSON_BUFFER: usize = 64 * 1024;
 
-/// `{"streams":[{"stream":{..labels..},"values":[["<ns>","line"],..]},..]}`, Loki's JSON push.
-struct JsonPush<'a>(&'a [StreamBatch]);
+/// A batch's stream, as the wire's encoder reads it: labels and lines straight from its buffers.
+impl PushStream for StreamBatch {
+    fn labels(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.labels.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
 
-impl Serialize for JsonPush<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(Some(1))?;
-        map.serialize_entry("streams", &JsonStreams(self.0))?;
-        map.end()
+    fn entry_count(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn entries(&self) -> impl Iterator<Item = (i64, &str)> {
+        self.entries.iter()
     }
 }
-
-struct JsonStreams<'a>(&'a [StreamBatch]);
-
-impl Serialize for JsonStreams<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut seq = s.serialize_seq(Some(self.0.len()))?;
-        for stream in self.0 {
-            seq.serialize_element(&JsonStream(stream))?;
-        }
-        seq.end()
-    }
-}
-
-struct JsonStream<'a>(&'a StreamBatch);
-
-impl Serialize for JsonStream<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(Some(2))?;
-        map.serialize_entry("stream", &*self.0.labels)?;
-        map.serialize_entry("values", &JsonValues(&self.0.entries))?;
-        map.end()
-    }
-}
-
-struct JsonValues<'a>(&'a Lines);
-
-impl Serialize for JsonValues<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut seq = s.serialize_seq(Some(self.0.len()))?;
-        for (ts, line) in self.0 {
-            seq.serialize_element(&JsonValue(ts, line))?;
-        }
-        seq.end()
-    }
-}
-
-/// `["<ns>","line"]`: the timestamp as a decimal string, formatted on the stack.
-struct JsonValue<'a>(i64, &'a str);
-
-impl Serialize for JsonValue<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut digits = [0u8; 20];
-        let mut t = s.serialize_tuple(2)?;
-        t.serialize_element(decimal(self.0, &mut digits))?;
-        t.serialize_element(self.1)?;
-        t.end()
-    }
-}
-
-// ---- protobuf: logproto.PushRequest, written by hand from the borrowed lines ----------------
-// PushRequest { repeated StreamAdapter streams = 1; }
-// StreamAdapter { string labels = 1; repeated EntryAdapter entries = 2; uint64 hash = 3; }
-// EntryAdapter { google.protobuf.Timestamp timestamp = 1; string line = 2; }
-// Timestamp { int64 seconds = 1; int32 nanos = 2; }
-// Defaults (0, "") are omitted as proto3 does; the hash is left 0 (Loki computes it).
 
 fn protobuf_snappy(batch: &Batch) -> anyhow::Result<Body> {
     let mut raw = Vec::with_capacity(batch.line_bytes + batch.entries * 24 + 256);
-    let mut labels = String::with_capacity(128);
-    for stream in &batch.streams {
-        labels.clear();
-        write_labels(
-            &mut labels,
-            stream.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-        );
-        let entries: usize = stream
-            .entries
-            .iter()
-            .map(|(ts, line)| nested_len(2, entry_len(ts, line)))
-            .sum();
-        encode_key(1, WireType::LengthDelimited, &mut raw);
-        encode_varint((string_len(1, &labels) + entries) as u64, &mut raw);
-        put_string(1, &labels, &mut raw);
-        for (ts, line) in &stream.entries {
-            encode_key(2, WireType::LengthDelimited, &mut raw);
-            encode_varint(entry_len(ts, line) as u64, &mut raw);
-            let ts = Timestamp::from_ns(ts);
-            encode_key(1, WireType::LengthDelimited, &mut raw);
-            encode_varint(timestamp_len(ts) as u64, &mut raw);
-            put_varint_field(1, ts.seconds as u64, &mut raw);
-            put_varint_field(2, i64::from(ts.nanos) as u64, &mut raw);
-            put_string(2, line, &mut raw);
-        }
-    }
+    write_protobuf(&batch.streams, &mut raw);
     let mut compressed = snap::raw::Encoder::new()
         .compress_vec(&raw)
         .context("snappy-compressing a protobuf batch")?;
@@ -175,51 +95,6 @@ fn protobuf_snappy(batch: &Batch) -> anyhow::Result<Body> {
         content_type: "application/x-protobuf",
         content_encoding: None,
     })
-}
-
-/// Bytes of a length-delimited field `tag` whose content is `len` bytes.
-fn nested_len(tag: u32, len: usize) -> usize {
-    key_len(tag) + encoded_len_varint(len as u64) + len
-}
-
-fn string_len(tag: u32, s: &str) -> usize {
-    if s.is_empty() {
-        0
-    } else {
-        nested_len(tag, s.len())
-    }
-}
-
-fn varint_field_len(tag: u32, v: u64) -> usize {
-    if v == 0 {
-        0
-    } else {
-        key_len(tag) + encoded_len_varint(v)
-    }
-}
-
-fn timestamp_len(ts: Timestamp) -> usize {
-    varint_field_len(1, ts.seconds as u64) + varint_field_len(2, i64::from(ts.nanos) as u64)
-}
-
-fn entry_len(ts_ns: i64, line: &str) -> usize {
-    // The timestamp is always present (Loki refuses an entry without one), even when all zero.
-    nested_len(1, timestamp_len(Timestamp::from_ns(ts_ns))) + string_len(2, line)
-}
-
-fn put_string(tag: u32, s: &str, out: &mut Vec<u8>) {
-    if !s.is_empty() {
-        encode_key(tag, WireType::LengthDelimited, out);
-        encode_varint(s.len() as u64, out);
-        out.extend_from_slice(s.as_bytes());
-    }
-}
-
-fn put_varint_field(tag: u32, v: u64, out: &mut Vec<u8>) {
-    if v != 0 {
-        encode_key(tag, WireType::Varint, out);
-        encode_varint(v, out);
-    }
 }
 
 #[cfg(test)]
