@@ -143,8 +143,8 @@ fn console_clients_see_named_components_and_leaked_tasks_at_their_spawn_sites() 
             .find(|t| t.name.as_deref() == Some(*component))
             .unwrap();
         assert!(
-            task.file == "shipper/src/lib.rs" && task.line > 0,
-            "{component} should be spawned from shipper/src/lib.rs: {task:?}"
+            task.file == "shipper/src/wiring.rs" && task.line > 0,
+            "{component} should be spawned from shipper/src/wiring.rs: {task:?}"
         );
     }
     // One spawn line per component, each its own: the location is the caller's, not the probe's.
