@@ -413,7 +413,7 @@ pub async fn run(
                 None => break,
             },
             _ = tick.tick() => {
-                flush(&ledger, &dir, &mut failing);
+                flush(&ledger, &dir, &mut failing).await;
             }
             _ = beat_tick.tick() => beat(),
         }
@@ -422,7 +422,7 @@ pub async fn run(
         lock(&ledger).ack(&more);
     }
     lock(&ledger).dirty = true;
-    flush(&ledger, &dir, &mut failing);
+    flush(&ledger, &dir, &mut failing).await;
     if failing {
         anyhow::bail!(
             "could not save positions in '{}' (see the log)",
@@ -432,11 +432,22 @@ pub async fn run(
     Ok(())
 }
 
-fn flush(ledger: &SharedLedger, dir: &Path, failing: &mut bool) {
+/// Writes the positions if they changed. The write and its fsyncs run on a blocking thread, so a
+/// slow disk never stalls the runtime's worker; it is awaited (joined) here.
+async fn flush(ledger: &SharedLedger, dir: &Path, failing: &mut bool) {
     let Some(snapshot) = lock(ledger).take_snapshot() else {
         return;
     };
-    match store(dir, snapshot) {
+    let target = dir.to_path_buf();
+    let stored = tokio::task::spawn_blocking(move || store(&target, snapshot))
+        .await
+        .unwrap_or_else(|e| {
+            Err(CheckpointError::Io {
+                path: dir.to_path_buf(),
+                source: std::io::Error::other(format!("the writing thread failed: {e}")),
+            })
+        });
+    match stored {
         Ok(()) => {
             if *failing {
                 tracing::info!(dir = %dir.display(), "saving positions works again");
@@ -600,7 +611,7 @@ mod tests {
         );
         std::fs::remove_dir(dir.path().join(TMP_NAME)).unwrap();
         let mut failing = true;
-        flush(&ledger, dir.path(), &mut failing);
+        flush(&ledger, dir.path(), &mut failing).await;
         assert!(!failing);
         assert_eq!(load(dir.path()).unwrap()[0].offset, 3);
     }

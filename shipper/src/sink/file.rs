@@ -71,10 +71,19 @@ pub async fn run(
         buf.clear();
         let n = encode(&batch, &mut buf);
         let started = std::time::Instant::now();
-        // A write error leaves the batch unacknowledged and ends the sink: the supervisor shuts
-        // down and the lines are re-read on the next start.
-        file.write_all(&buf)
-            .and_then(|()| file.sync_data())
+        // The write and its fsync run on a blocking thread (an fsync can take tens of
+        // milliseconds, and would stall every task of this worker meanwhile); awaited at once, so
+        // the thread is joined here. A write error leaves the batch unacknowledged and ends the
+        // sink: the supervisor shuts down and the lines are re-read on the next start.
+        let written = tokio::task::spawn_blocking(move || {
+            let result = file.write_all(&buf).and_then(|()| file.sync_data());
+            (file, buf, result)
+        })
+        .await
+        .context("the file sink's writing thread failed")?;
+        (file, buf) = (written.0, written.1);
+        written
+            .2
             .with_context(|| format!("cannot write to the file sink '{}'", path.display()))?;
         metrics::histogram!("shipper_sink_write_seconds").record(started.elapsed().as_secs_f64());
         record_sent(&batch, n);
