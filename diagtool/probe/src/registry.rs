@@ -24,7 +24,7 @@
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasher as _;
 use std::panic::Location;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -34,28 +34,8 @@ use tokio::task::Id;
 /// The number of shards of the live-task map.
 pub const SHARDS: usize = 64;
 
-/// A multiplicative hasher for task ids and pointers: both are already well spread integers.
-#[derive(Default, Clone, Copy)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x517c_c1b7_2722_0a95);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
-}
-
-type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+/// Task ids and pointers are already well spread integers: the Fx hash (one multiply) suits them.
+type FastMap<K, V> = rustc_hash::FxHashMap<K, V>;
 
 /// One spawn site's counters.
 #[derive(Debug)]
@@ -434,10 +414,7 @@ impl TaskRegistry {
 
 impl Inner {
     fn shard(&self, id: Id) -> &Mutex<FastMap<Id, Entry>> {
-        let mut hasher = IdHasher::default();
-        std::hash::Hash::hash(&id, &mut hasher);
-        // The high bits of a multiplicative hash are the well mixed ones.
-        let index = (hasher.finish() >> 58) as usize % SHARDS;
+        let index = (rustc_hash::FxBuildHasher.hash_one(id) as usize) % SHARDS;
         &self.shards[index]
     }
 
