@@ -5,8 +5,13 @@
 //! The receiver validates every body with the same [`wire::decode_push`] rules Loki applies, so a
 //! test that counts zero rejected bodies proves the client never sent one Loki would refuse.
 
+mod faults;
 mod labels;
+#[cfg(feature = "test-pki")]
+pub mod pki;
 pub mod receiver;
+mod secure;
 pub mod wire;
 
 pub use receiver::{ReceivedEntry, Receiver, ReceiverBuilder, RequestRecord};
+pub use secure::HANDSHAKE_TIMEOUT;
