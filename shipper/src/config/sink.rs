@@ -385,3 +385,118 @@ fn headers(r: &Resolver<'_>, headers: BTreeMap<String, Secret>) -> Result<Header
     }
     Ok(map)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::super::Config;
+    use super::*;
+
+    const HEAD: &str = "[[sources]]\ntype = \"file\"\ninclude = [\"/l/*.log\"]\n[sink]\n";
+
+    fn parse(sink: &str) -> Result<Config, String> {
+        Config::parse(&format!("{HEAD}{sink}"), "t.toml").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn auth_and_headers_resolve_and_their_debug_shows_no_secret() {
+        let c = parse(
+            "type = \"loki\"\nurl = \"http://h:3100\"\n[sink.basic_auth]\nusername = \"123456\"\n\
+             password = \"pw-secret-1\"\n[sink.headers]\nX-Gateway = \"gw-secret-2\"\n",
+        )
+        .unwrap();
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("pw-secret-1") && !shown.contains("gw-secret-2"),
+            "{shown}"
+        );
+        let SinkKind::Loki { auth, headers, .. } = c.sink.kind else {
+            panic!("not loki");
+        };
+        assert!(matches!(&auth, LokiAuth::Basic { username, .. } if username == "123456"));
+        assert!(headers["x-gateway"].is_sensitive());
+        assert_eq!(headers["x-gateway"], "gw-secret-2");
+    }
+
+    #[test]
+    fn secret_files_resolve_to_absolute_paths_and_must_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "t\n").unwrap();
+        let c = parse(&format!(
+            "type = \"loki\"\nurl = \"http://h\"\nbearer_token_file = \"{}\"\n",
+            token.display()
+        ))
+        .unwrap();
+        let SinkKind::Loki { auth, .. } = c.sink.kind else {
+            panic!("not loki");
+        };
+        assert_eq!(
+            auth,
+            LokiAuth::Bearer(SecretSource::File {
+                key: "sink.bearer_token_file",
+                path: token.clone()
+            })
+        );
+        std::fs::remove_file(&token).unwrap();
+        let e = parse(&format!(
+            "type = \"loki\"\nurl = \"http://h\"\nbearer_token_file = \"{}\"\n",
+            token.display()
+        ))
+        .unwrap_err();
+        assert!(e.contains("sink.bearer_token_file"), "{e}");
+    }
+
+    #[test]
+    fn conflicting_or_misplaced_keys_are_errors_naming_the_key() {
+        for (sink, key) in [
+            (
+                "type = \"loki\"\nurl = \"http://h\"\nbearer_token = \"a\"\nbearer_token_file = \"/x\"\n",
+                "sink.bearer_token_file",
+            ),
+            (
+                "type = \"loki\"\nurl = \"http://h\"\n[sink.basic_auth]\nusername = \"u\"\n",
+                "sink.basic_auth.password",
+            ),
+            (
+                "type = \"loki\"\nurl = \"http://h\"\n[sink.basic_auth]\npassword = \"p\"\n",
+                "sink.basic_auth.username",
+            ),
+            (
+                "type = \"loki\"\nurl = \"http://h\"\nbearer_token = \"\"\n",
+                "sink.bearer_token",
+            ),
+            (
+                "type = \"loki\"\nurl = \"http://h\"\n[sink.headers]\ncontent-type = \"x\"\n",
+                "sink.headers.content-type",
+            ),
+            (
+                "type = \"loki\"\nurl = \"http://h\"\n[sink.headers]\nX-Scope-OrgID = \"x\"\n",
+                "sink.headers.X-Scope-OrgID",
+            ),
+            (
+                "type = \"loki\"\nurl = \"http://h\"\n[sink.headers]\n\"bad name\" = \"x\"\n",
+                "sink.headers.bad name",
+            ),
+            (
+                "type = \"stdout\"\nbearer_token = \"a\"\n",
+                "sink.bearer_token",
+            ),
+            (
+                "type = \"file\"\npath = \"/o\"\n[sink.tls]\nca_file = \"/x\"\n",
+                "sink.tls",
+            ),
+            (
+                "type = \"loki\"\nurl = \"https://h\"\n[sink.tls]\ninsecure_skip_verify = true\nserver_name = \"x\"\n",
+                "sink.tls.insecure_skip_verify",
+            ),
+            (
+                "type = \"loki\"\nurl = \"https://h\"\n[sink.tls]\ninsecure_skip_verify = true\ncert_file = \"/nope.pem\"\nkey_file = \"/nope.key\"\n",
+                "sink.tls.cert_file",
+            ),
+        ] {
+            let e = parse(sink).unwrap_err();
+            assert!(e.contains(&format!("`{key}`")), "{sink}: {e}");
+        }
+    }
+}
