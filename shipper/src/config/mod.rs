@@ -172,7 +172,7 @@ impl Config {
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
         let file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             path: origin.to_string(),
-            message: e.to_string().trim_end().to_string(),
+            message: sink::redact_secrets(text, e.to_string().trim_end()),
         })?;
         let cwd = std::env::current_dir().map_err(|source| ConfigError::Read {
             path: ".".into(),

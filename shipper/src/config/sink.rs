@@ -386,6 +386,53 @@ fn headers(r: &Resolver<'_>, headers: BTreeMap<String, Secret>) -> Result<Header
     Ok(map)
 }
 
+/// Keys whose value is a secret, wherever they appear (`debug_token` too: it guards the debug port).
+const SECRET_KEYS: [&str; 3] = ["password", "bearer_token", "debug_token"];
+
+/// A TOML error message with every secret of `text` replaced by `<redacted>`. toml quotes the
+/// offending line (and sometimes the value) in its messages, so a mistyped or unterminated secret
+/// would otherwise show up in `--check-config` output. The values of [`SECRET_KEYS`] and of every
+/// key in a `headers` table (or inline `headers = {...}`) count as secrets; a line that cannot be
+/// split is redacted whole when it is in such a table.
+pub(super) fn redact_secrets(text: &str, message: &str) -> String {
+    let mut secrets: Vec<&str> = Vec::new();
+    let mut in_headers = false;
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            in_headers = trimmed.trim_matches(|c| c == '[' || c == ']').trim() == "sink.headers";
+            continue;
+        }
+        let (key, value) = match trimmed.split_once('=') {
+            Some((k, v)) => (k.trim().trim_matches('"'), v.trim()),
+            None => ("", trimmed),
+        };
+        let secret = in_headers || key == "headers" || SECRET_KEYS.contains(&key);
+        if !secret {
+            continue;
+        }
+        // The value as written, and each value of an inline table, with and without quotes
+        // (toml may show either).
+        let inner = value
+            .split([',', '{', '}'])
+            .filter_map(|part| part.split_once('=').map(|(_, v)| v.trim()));
+        for written in std::iter::once(value).chain(inner) {
+            for candidate in [written, written.trim_matches(|c| c == '"' || c == '\'')] {
+                if candidate.len() >= 3 {
+                    secrets.push(candidate);
+                }
+            }
+        }
+    }
+    // Longest first, so a value is not half-replaced by a shorter one it contains.
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let mut out = message.to_owned();
+    for secret in secrets {
+        out = out.replace(secret, "<redacted>");
+    }
+    out
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -497,6 +544,33 @@ mod tests {
         ] {
             let e = parse(sink).unwrap_err();
             assert!(e.contains(&format!("`{key}`")), "{sink}: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod redact_tests {
+    use super::super::Config;
+
+    #[test]
+    fn toml_errors_do_not_quote_secrets() {
+        for (sink, secret) in [
+            (
+                "[sink.basic_auth]\nusername = \"u\"\npassword = \"SECRET-unterminated\n",
+                "SECRET-unterminated",
+            ),
+            ("bearer_token = 123456789\n", "123456789"),
+            ("[sink.headers]\nX-Key = 98765432\n", "98765432"),
+            ("headers = { X-Key = 55555555 }\n", "55555555"),
+        ] {
+            let text = format!(
+                "[[sources]]\ntype = \"file\"\ninclude = [\"/l/*.log\"]\n[sink]\ntype = \"loki\"\n\
+                 url = \"http://h\"\n{sink}"
+            );
+            let e = Config::parse(&text, "t.toml").unwrap_err().to_string();
+            assert!(!e.contains(secret), "{e}");
+            assert!(e.contains("<redacted>"), "{e}");
         }
     }
 }
