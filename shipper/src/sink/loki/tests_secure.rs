@@ -302,3 +302,56 @@ async fn tls_settings_with_plain_http_are_refused_at_start() {
         .unwrap_err();
     assert!(format!("{err:#}").contains("sink.tls"), "{err:#}");
 }
+
+#[tokio::test]
+async fn https_to_a_plain_http_server_is_named_as_such() {
+    let h = Secure::start(Receiver::builder(), |url, _| LokiSettings {
+        tls: LokiTls {
+            insecure_skip_verify: true,
+            ..LokiTls::default()
+        },
+        backoff_max: Duration::from_millis(50),
+        ..settings(url.replacen("http://", "https://", 1), LokiEncoding::Json)
+    })
+    .await;
+    h.send(1, &["a"]).await;
+    let deadline = Instant::now() + T;
+    while h.reports().is_empty() {
+        assert!(Instant::now() < deadline, "no report");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let reason = h.reports()[0].clone().unwrap();
+    assert!(reason.contains("does not speak TLS"), "{reason}");
+    assert_eq!(h.receiver.count(), 0);
+    h.task.abort();
+}
+
+#[tokio::test]
+async fn an_expired_certificate_is_named_as_expired() {
+    let rec = recorder();
+    let _guard = metrics::set_default_local_recorder(&rec);
+    let ca = TestCa::new("ca").unwrap();
+    let server = ca.expired_server_cert(&["127.0.0.1"]).unwrap();
+    let ca_pem = ca.cert_pem().to_owned();
+    let h = Secure::start(tls_receiver(&server), |url, dir| LokiSettings {
+        tls: LokiTls {
+            ca_file: Some(write(dir, "ca.pem", &ca_pem)),
+            ..LokiTls::default()
+        },
+        backoff_max: Duration::from_millis(50),
+        ..settings(url, LokiEncoding::Json)
+    })
+    .await;
+    h.send(1, &["a"]).await;
+    assert!(h.receiver.wait_for_handshake_failures(2, T).await);
+    let deadline = Instant::now() + T;
+    while h.reports().is_empty() {
+        assert!(Instant::now() < deadline, "no report");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let reason = h.reports()[0].clone().unwrap();
+    assert!(reason.contains("expired"), "{reason}");
+    h.task.abort();
+    let text = rec.handle().render();
+    assert!(sample(&text, "shipper_loki_tls_errors_total{cause=\"expired\"}") >= 1.0);
+}
