@@ -375,3 +375,27 @@ fn check_config_names_bad_tls_and_auth_keys_exits_2_and_never_quotes_a_secret() 
         );
     }
 }
+
+#[test]
+fn insecure_skip_verify_delivers_to_an_unknown_ca_and_warns_at_start() {
+    let ca = TestCa::new("nobody trusts me").unwrap();
+    let server = ca.server_cert(&["elsewhere.test"]).unwrap();
+    let loki =
+        Loki::start(|| Receiver::builder().tls(server.cert_pem.clone(), server.key_pem.clone()));
+    let mut env = Env::new();
+    env.sink_table = Some(sink(
+        &loki.r().url(),
+        "[sink.tls]\ninsecure_skip_verify = true\n",
+    ));
+    let shipper = env.start();
+    env.append("app.log", b"unverified but encrypted\n");
+    wait_until(LIMIT, "the line", || loki.r().count() >= 1);
+    assert_eq!(loki.r().lines(), ["unverified but encrypted"]);
+    let log = shipper.stderr();
+    assert_eq!(
+        log.matches("insecure_skip_verify is set").count(),
+        1,
+        "{log}"
+    );
+    assert!(shipper.terminate(Duration::from_secs(15)).success());
+}
