@@ -51,6 +51,8 @@ struct Component {
     state: AtomicU8,
     /// Why it failed, when it did.
     error: Mutex<Option<String>>,
+    /// Why a running component is degraded (it works, but something needs a look).
+    degraded: Mutex<Option<String>>,
 }
 
 #[derive(Debug)]
@@ -72,8 +74,11 @@ pub struct Health {
 /// One component in `/health`.
 #[derive(Debug, Clone, Serialize)]
 pub struct ComponentReport {
-    /// `ok` or `critical`.
+    /// `ok`, `degraded` (with a [`reason`](Self::reason)) or `critical`.
     pub status: Status,
+    /// Why the component is degraded (such as refused credentials), when it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// Seconds since the last beat.
     pub last_heartbeat_s: f64,
     /// `running`, `stopped` or `failed`.
@@ -127,6 +132,7 @@ impl Health {
                     last_ms: AtomicU64::new(now),
                     state: AtomicU8::new(RUNNING),
                     error: Mutex::new(None),
+                    degraded: Mutex::new(None),
                 })
             })
             .clone()
@@ -137,6 +143,13 @@ impl Health {
         let c = self.component(name);
         let h = self.clone();
         move || c.last_ms.store(h.now_ms(), Ordering::Relaxed)
+    }
+
+    /// Registers a component and returns its condition setter: `Some(reason)` marks it degraded
+    /// (still running, `/health` answers 200 with the reason), `None` clears it.
+    pub fn condition(&self, name: &str) -> impl Fn(Option<String>) + Send + Sync + 'static + use<> {
+        let c = self.component(name);
+        move |reason| *c.degraded.lock().unwrap_or_else(PoisonError::into_inner) = reason
     }
 
     /// Records that a component ended (`failed` when with an error).
@@ -195,11 +208,17 @@ impl Health {
         for (name, c) in map.iter() {
             let age = now.saturating_sub(c.last_ms.load(Ordering::Relaxed));
             let state = c.state.load(Ordering::Relaxed);
+            let reason = c
+                .degraded
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
             let st = match state {
                 FAILED => Status::Critical,
                 STOPPED if !stopping => Status::Critical,
                 STOPPED => Status::Ok,
                 _ if age > self.inner.timeout.as_millis() as u64 => Status::Critical,
+                _ if reason.is_some() => Status::Degraded,
                 _ => Status::Ok,
             };
             status = status.max(st);
@@ -207,6 +226,7 @@ impl Health {
                 name.clone(),
                 ComponentReport {
                     status: st,
+                    reason: reason.filter(|_| st == Status::Degraded),
                     last_heartbeat_s: age as f64 / 1000.0,
                     state: match state {
                         FAILED => "failed",
@@ -245,6 +265,27 @@ impl Health {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_degraded_component_says_why_until_it_recovers() {
+        let h = Health::new(Duration::from_secs(2));
+        let beat = h.heartbeat("sink");
+        let condition = h.condition("sink");
+        beat();
+        condition(Some("loki refuses the credentials".into()));
+        let r = h.report();
+        assert_eq!(r.status, Status::Degraded);
+        assert_eq!(r.components["sink"].status, Status::Degraded);
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            json["components"]["sink"]["reason"],
+            "loki refuses the credentials"
+        );
+        condition(None);
+        let r = h.report();
+        assert_eq!(r.status, Status::Ok);
+        assert!(serde_json::to_value(&r).unwrap()["components"]["sink"]["reason"].is_null());
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_silent_component_turns_health_critical() {

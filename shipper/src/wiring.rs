@@ -243,6 +243,9 @@ fn spawn_sink(
             request_timeout,
             max_concurrency,
             backoff_max,
+            auth,
+            tls,
+            headers,
         } => {
             let settings = sink::loki::LokiSettings {
                 url: url.clone(),
@@ -254,10 +257,19 @@ fn spawn_sink(
                 request_timeout: *request_timeout,
                 max_concurrency: *max_concurrency,
                 backoff_max: *backoff_max,
+                auth: auth.clone(),
+                tls: tls.clone(),
+                headers: headers.clone(),
             };
             sup.spawn(
                 "sink",
-                sink::loki::run(settings, batch_rx, hard.clone(), sup.heartbeat("sink")),
+                sink::loki::run_with_status(
+                    settings,
+                    batch_rx,
+                    hard.clone(),
+                    sup.heartbeat("sink"),
+                    Box::new(sup.health().condition("sink")),
+                ),
             )
         }
     }

@@ -3,12 +3,17 @@
 //!
 //! The driver writes `--lines` lines of about 150 bytes (printable ASCII, no quotes or
 //! backslashes: syslog-ng's hand-built Loki JSON is only valid for such lines), starts one
-//! counting receiver ([`diagtool::loki::Receiver`] with `store_entries(false)`, validating every
+//! counting receiver ([`testkit::loki::Receiver`] with `store_entries(false)`, validating every
 //! body) and runs each candidate in turn, as a child process reading the same file from its
 //! beginning. When the receiver has counted every line of the run, the driver reads the child's
 //! CPU time (user+sys, `/proc/PID/stat`) and peak RSS (`VmHWM`, `/proc/PID/status`) from the OS,
 //! then stops it. Candidates alternate over `--rounds`; figures are medians. The last stdout
 //! line is the contract's JSON.
+//!
+//! The `https` candidate is the JSON shipper pushing over TLS to a second receiver that serves
+//! rustls with a certificate from a CA generated for the run ([`testkit::loki::pki`]) and
+//! checks basic credentials: the shipper trusts it through `ca_file` and reads its password from
+//! a file, as a production setup would. `--no-https` leaves it out.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -17,13 +22,25 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use diagtool::loki::Receiver;
+use testkit::loki::Receiver;
+use testkit::loki::pki::TestCa;
 
 const DEFAULT_LINES: u64 = 1_000_000;
 const DEFAULT_ROUNDS: usize = 3;
 /// A run that has not delivered every line by then has failed.
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 const LINE_BYTES: usize = 150;
+/// Credentials of the https candidate (a throwaway receiver on loopback).
+const BENCH_USER: &str = "bench";
+const BENCH_PASSWORD: &str = "bench-password";
+
+/// The 1-minute load average (`/proc/loadavg`), or NaN where it cannot be read.
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(f64::NAN)
+}
 
 #[derive(Debug)]
 struct Options {
@@ -32,6 +49,7 @@ struct Options {
     lines: u64,
     rounds: usize,
     protobuf: bool,
+    https: bool,
     keep: bool,
     /// TOML lines appended to the shipper's `[sink]` table (experiments: batch size, concurrency).
     sink_extra: String,
@@ -46,6 +64,7 @@ fn parse_args() -> Result<Options> {
         lines: DEFAULT_LINES,
         rounds: DEFAULT_ROUNDS,
         protobuf: true,
+        https: true,
         keep: false,
         sink_extra: String::new(),
         shipper_env: Vec::new(),
@@ -54,6 +73,10 @@ fn parse_args() -> Result<Options> {
     while let Some(flag) = args.next() {
         if flag == "--no-protobuf" {
             options.protobuf = false;
+            continue;
+        }
+        if flag == "--no-https" {
+            options.https = false;
             continue;
         }
         if flag == "--keep" {
@@ -87,7 +110,7 @@ fn parse_args() -> Result<Options> {
                     .with_context(|| format!("--rounds {value:?}: expected a number"))?
             }
             other => bail!(
-                "unknown flag {other:?}: use --shipper PATH [--syslog-ng PATH] [--lines N] [--rounds N] [--no-protobuf] [--keep] [--sink-extra TOML] [--shipper-env KEY=VALUE]"
+                "unknown flag {other:?}: use --shipper PATH [--syslog-ng PATH] [--lines N] [--rounds N] [--no-protobuf] [--no-https] [--keep] [--sink-extra TOML] [--shipper-env KEY=VALUE]"
             ),
         }
     }
@@ -131,6 +154,8 @@ enum Candidate {
     SyslogNg,
     ShipperJson,
     ShipperProtobuf,
+    /// JSON over https with `ca_file` and basic auth, to the TLS receiver.
+    ShipperHttps,
 }
 
 impl Candidate {
@@ -139,6 +164,7 @@ impl Candidate {
             Candidate::SyslogNg => "syslog-ng",
             Candidate::ShipperJson => "shipper",
             Candidate::ShipperProtobuf => "shipper-protobuf",
+            Candidate::ShipperHttps => "shipper-https",
         }
     }
 }
@@ -162,10 +188,35 @@ async fn run(options: Options) -> Result<()> {
         .start()
         .await
         .context("starting the receiver")?;
+    let load_before = load_average();
+    // The https receiver: a CA made for this run, basic credentials the shipper reads from a file.
+    let ca = TestCa::new("bench-throughput ca").context("generating the test CA")?;
+    let server = ca
+        .server_cert(&["127.0.0.1", "localhost"])
+        .context("issuing the receiver's certificate")?;
+    let secure = Receiver::builder()
+        .store_entries(false)
+        .tls(server.cert_pem, server.key_pem)
+        .basic_auth(BENCH_USER, BENCH_PASSWORD)
+        .start()
+        .await
+        .context("starting the TLS receiver")?;
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.cert_pem()).context("writing ca.pem")?;
+    let password_file = dir.path().join("password");
+    std::fs::write(&password_file, BENCH_PASSWORD).context("writing the password file")?;
+    let https_extra = format!(
+        "[sink.tls]\nca_file = \"{}\"\n[sink.basic_auth]\nusername = \"{BENCH_USER}\"\npassword_file = \"{}\"\n",
+        ca_file.display(),
+        password_file.display()
+    );
 
     let mut candidates = vec![Candidate::SyslogNg, Candidate::ShipperJson];
     if options.protobuf {
         candidates.push(Candidate::ShipperProtobuf);
+    }
+    if options.https {
+        candidates.push(Candidate::ShipperHttps);
     }
     let mut results: Vec<(Candidate, Vec<Figures>)> =
         candidates.iter().map(|c| (*c, Vec::new())).collect();
@@ -176,7 +227,12 @@ async fn run(options: Options) -> Result<()> {
             let run_dir = dir.path().join(format!("{}-{round}", candidate.name()));
             std::fs::create_dir(&run_dir)
                 .with_context(|| format!("creating {}", run_dir.display()))?;
-            let figures = measure(candidate, &options, &input, &run_dir, &receiver).await?;
+            let (to, extra) = if candidate == Candidate::ShipperHttps {
+                (&secure, https_extra.as_str())
+            } else {
+                (&receiver, "")
+            };
+            let figures = measure(candidate, &options, &input, &run_dir, to, extra).await?;
             eprintln!(
                 "round {round}: {:<17} wall {:>6.2}s cpu {:>6.2}s rss {:>6.1} MiB -> {:>9.0} lines/cpu-s",
                 candidate.name(),
@@ -190,13 +246,22 @@ async fn run(options: Options) -> Result<()> {
             }
         }
     }
-    if receiver.rejected_bodies() > 0 {
+    if receiver.rejected_bodies() > 0 || secure.rejected_bodies() > 0 {
         bail!(
-            "the receiver refused {} bodies: a candidate sent invalid pushes",
-            receiver.rejected_bodies()
+            "the receivers refused {} bodies: a candidate sent invalid pushes",
+            receiver.rejected_bodies() + secure.rejected_bodies()
+        );
+    }
+    if secure.auth_failures() > 0 || secure.handshake_failures() > 0 {
+        bail!(
+            "the TLS receiver saw {} refused credentials and {} failed handshakes",
+            secure.auth_failures(),
+            secure.handshake_failures()
         );
     }
     receiver.shutdown().await;
+    secure.shutdown().await;
+    let load_after = load_average();
     if options.keep {
         let kept = dir.keep();
         eprintln!("kept {}", kept.display());
@@ -232,6 +297,17 @@ async fn run(options: Options) -> Result<()> {
     if options.protobuf {
         doc["shipper_protobuf"] = summary(Candidate::ShipperProtobuf);
     }
+    if options.https {
+        let https = summary(Candidate::ShipperHttps);
+        let per_cpu = https["lines_per_cpu_s"].as_f64().unwrap_or(0.0);
+        doc["https_ratio_lines_per_cpu_s"] =
+            round3(per_cpu / peer["lines_per_cpu_s"].as_f64().unwrap_or(f64::INFINITY)).into();
+        doc["https_vs_plain"] =
+            round3(per_cpu / shipper["lines_per_cpu_s"].as_f64().unwrap_or(f64::INFINITY)).into();
+        doc["shipper_https"] = https;
+    }
+    // The machine is shared: the load during the run says how far to trust the figures.
+    doc["load_average_1m"] = serde_json::json!([load_before, load_after]);
     println!("{doc}");
     Ok(())
 }
@@ -294,6 +370,7 @@ async fn measure(
     input: &Path,
     run_dir: &Path,
     receiver: &Receiver,
+    sink_extra: &str,
 ) -> Result<Figures> {
     let base = receiver.count();
     let target = base + options.lines;
@@ -317,20 +394,22 @@ async fn measure(
                 .arg(run_dir.join("syslog-ng.ctl"));
             command
         }
-        Candidate::ShipperJson | Candidate::ShipperProtobuf => {
-            let encoding = if candidate == Candidate::ShipperJson {
-                "json"
-            } else {
+        Candidate::ShipperJson | Candidate::ShipperProtobuf | Candidate::ShipperHttps => {
+            let encoding = if candidate == Candidate::ShipperProtobuf {
                 "protobuf"
+            } else {
+                "json"
             };
             let conf = run_dir.join("shipper.toml");
-            std::fs::write(
-                &conf,
-                shipper_config(input, run_dir, &receiver.url(), encoding),
-            )
-            .context("writing the shipper config")?;
+            let mut text = shipper_config(input, run_dir, &receiver.url(), encoding);
+            text.push_str(&options.sink_extra);
+            text.push_str(sink_extra);
+            std::fs::write(&conf, text).context("writing the shipper config")?;
             let mut command = Command::new(&options.shipper);
-            command.arg("--config").arg(&conf);
+            command
+                .arg("--config")
+                .arg(&conf)
+                .envs(options.shipper_env.iter().map(|(k, v)| (k, v)));
             command
         }
     };

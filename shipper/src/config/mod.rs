@@ -56,6 +56,17 @@ type = "file"                        # or "loki" (url = ...) or "stdout"
 path = "./data/out.jsonl"
 batch_max_bytes = 1048576
 batch_max_wait = "1s"
+# Loki over https with credentials (docs/configuration.md), instead of path:
+# type = "loki"
+# url = "https://logs.example.net"
+# bearer_token_file = "/run/secrets/loki-token"   # or bearer_token, or [sink.basic_auth]
+# [sink.tls]                         # default: the system's CA roots
+# ca_file = "/etc/ssl/private-ca.pem"  # also cert_file, key_file, server_name, insecure_skip_verify
+# [sink.basic_auth]
+# username = "123456"
+# password_file = "/run/secrets/loki-password"    # or password
+# [sink.headers]
+# X-Gateway = "team-a"
 
 [health]
 task_growth_warn_per_min = 10.0
@@ -160,7 +171,7 @@ impl Config {
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
         let file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             path: origin.to_string(),
-            message: e.to_string().trim_end().to_string(),
+            message: sink::redact_secrets(text, e.to_string().trim_end()),
         })?;
         let cwd = std::env::current_dir().map_err(|source| ConfigError::Read {
             path: ".".into(),

@@ -16,12 +16,20 @@
 //!
 //! Ordering: batches of one stream may be in flight together and land out of order; Loki accepts
 //! that within its window, and acknowledgements are per chunk, so correctness does not depend on it.
+//!
+//! Security: `https://` goes through rustls on ring ([`tls`]); credentials ([`auth`]) and extra
+//! headers are sent with every push and never printed. Refused credentials (401/403) and TLS
+//! failures are retried like an outage, logged once per change and shown on `/health`
+//! ([`condition`]); a secret in a file is re-read before each retry after a 401/403.
 
 mod arc;
+mod auth;
+mod condition;
 mod encode;
 mod encoder;
 mod send;
 mod telemetry;
+mod tls;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -36,9 +44,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use self::arc::{AdaptiveConcurrency, Feedback};
+use self::auth::Credentials;
+pub use self::auth::{LokiAuth, Secret, SecretError, SecretSource};
+use self::condition::Condition;
+pub use self::condition::StatusReport;
 use self::encode::Body;
 use self::encoder::EncoderThread;
-use self::send::{Outcome, RateLimitedLog, Target};
+use self::send::{Outcome, RateLimitedLog, Target, Trouble};
+pub use self::tls::{LokiTls, TlsConfigError};
 use crate::event::Batch;
 
 /// The push path appended to [`LokiSettings::url`].
@@ -72,6 +85,12 @@ pub struct LokiSettings {
     pub max_concurrency: usize,
     /// Longest wait between two attempts of one batch.
     pub backoff_max: Duration,
+    /// Credentials: none, basic or bearer.
+    pub auth: LokiAuth,
+    /// TLS settings for `https://` (ignored for `http://`, where they must be left default).
+    pub tls: LokiTls,
+    /// Extra headers sent with every push (gateways); values are marked sensitive.
+    pub headers: http::HeaderMap,
 }
 
 /// The body format of push requests.
@@ -110,6 +129,9 @@ impl LokiSettings {
             request_timeout: Self::DEFAULT_REQUEST_TIMEOUT,
             max_concurrency: Self::DEFAULT_MAX_CONCURRENCY,
             backoff_max: Self::DEFAULT_BACKOFF_MAX,
+            auth: LokiAuth::None,
+            tls: LokiTls::default(),
+            headers: http::HeaderMap::new(),
         }
     }
 
@@ -137,16 +159,31 @@ impl LokiSettings {
         if self.request_timeout.is_zero() {
             bail!("invalid loki request timeout 0s: use a positive duration such as 10s");
         }
-        let client = reqwest::Client::builder()
+        let credentials = Credentials::new(self.auth.clone())
+            .map_err(|e| anyhow::anyhow!("{}: {}", e.key, e.message))?;
+        let builder = reqwest::Client::builder()
             .timeout(self.request_timeout)
             .connect_timeout(self.request_timeout.min(Duration::from_secs(5)))
             .pool_max_idle_per_host(self.max_concurrency.max(1))
-            .build()
-            .context("building the loki http client")?;
+            .default_headers(self.headers.clone());
+        let builder = if url.scheme() == "https" {
+            builder.use_preconfigured_tls(self.tls.client_config()?)
+        } else {
+            if self.tls != LokiTls::default() {
+                bail!(
+                    "sink.tls is set but the loki url {:?} is http://: use https://",
+                    self.url
+                );
+            }
+            // Plain HTTP: no need to read the system's CA store.
+            builder.tls_built_in_root_certs(false)
+        };
+        let client = builder.build().context("building the loki http client")?;
         Ok(Target {
             client,
             url,
             tenant,
+            credentials,
         })
     }
 }
@@ -219,10 +256,15 @@ fn first_attempt(target: &Target, job: Job) -> InFlight {
     Box::pin(async move { attempt(&target, job).await })
 }
 
-fn retry_later(target: &Target, job: Job, delay: Duration) -> InFlight {
+/// Retries `job` after `delay`; with `reload`, the secret files are re-read first (after a
+/// 401/403, so a rotated secret is picked up without a restart).
+fn retry_later(target: &Target, job: Job, delay: Duration, reload: bool) -> InFlight {
     let target = target.clone();
     Box::pin(async move {
         tokio::time::sleep(delay).await;
+        if reload {
+            target.credentials.reload().await;
+        }
         attempt(&target, job).await
     })
 }
@@ -246,12 +288,11 @@ async fn attempt(target: &Target, job: Job) -> (Job, Outcome, Duration) {
 ///
 /// let loki = testkit::loki::Receiver::start().await?;
 /// let settings = LokiSettings {
-///     url: loki.url(),
-///     tenant: None,
 ///     encoding: LokiEncoding::Json,
 ///     request_timeout: Duration::from_secs(10),
 ///     max_concurrency: 8,
 ///     backoff_max: Duration::from_secs(30),
+///     ..LokiSettings::new(loki.url())
 /// };
 /// let (tx, rx) = tokio::sync::mpsc::channel(4);
 /// let (ack_tx, mut acks) = tokio::sync::mpsc::unbounded_channel();
@@ -269,11 +310,37 @@ async fn attempt(target: &Target, job: Job) -> (Job, Outcome, Duration) {
 /// ```
 pub async fn run(
     settings: LokiSettings,
-    mut batches: mpsc::Receiver<Batch>,
+    batches: mpsc::Receiver<Batch>,
     stop: CancellationToken,
     beat: impl Fn() + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
+    run_with_status(settings, batches, stop, beat, Box::new(|_| {})).await
+}
+
+/// [`run`], reporting the sink's condition through `status`: `Some(reason)` while refused
+/// credentials or TLS failures hold it up (the shipper shows it degraded on `/health`), `None`
+/// once Loki accepts pushes again.
+pub async fn run_with_status(
+    settings: LokiSettings,
+    mut batches: mpsc::Receiver<Batch>,
+    stop: CancellationToken,
+    beat: impl Fn() + Send + Sync + 'static,
+    status: StatusReport,
+) -> anyhow::Result<()> {
     let target = settings.target()?;
+    let mut condition = Condition::new(settings.tenant.as_deref(), status);
+    if settings.tls.insecure_skip_verify && target.url.scheme() == "https" {
+        tracing::warn!(
+            "sink.tls.insecure_skip_verify is set: loki's certificate is not checked, so anyone \
+             on the path can read and change the pushes (and see the credentials); for tests only"
+        );
+    }
+    if settings.auth != LokiAuth::None && target.url.scheme() == "http" {
+        tracing::warn!(
+            auth = settings.auth.kind(),
+            "the loki credentials go over plain http://: use https:// unless the path is local"
+        );
+    }
     let encoder = EncoderThread::start().context("starting the loki encoding thread")?;
     telemetry::describe();
     let mut arc = AdaptiveConcurrency::new(settings.max_concurrency, Instant::now());
@@ -284,7 +351,12 @@ pub async fn run(
     let mut beat_every = tokio::time::interval(BEAT_EVERY);
     beat_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut open = true;
-    tracing::info!(url = %target.url, encoding = ?settings.encoding, "loki sink started");
+    tracing::info!(
+        url = %target.url,
+        encoding = ?settings.encoding,
+        auth = settings.auth.kind(),
+        "loki sink started"
+    );
 
     while open || !in_flight.is_empty() || !encoding.is_empty() {
         // A batch is taken only when an encoder is free and a request slot will be (see ENCODERS).
@@ -303,10 +375,10 @@ pub async fn run(
             _ = beat_every.tick() => beat(),
             Some((job, outcome, took)) = in_flight.next(), if !in_flight.is_empty() => {
                 let before = arc.limit();
-                if let Some((job, delay)) =
-                    finish_attempt(job, outcome, took, &settings, &mut arc, &mut log)
-                {
-                    in_flight.push(retry_later(&target, job, delay));
+                if let Some((job, delay, reload)) = finish_attempt(
+                    job, outcome, took, &settings, &mut arc, &mut log, &mut condition,
+                ) {
+                    in_flight.push(retry_later(&target, job, delay, reload));
                 }
                 if arc.limit() != before {
                     telemetry::concurrency(arc.limit());
@@ -335,7 +407,8 @@ pub async fn run(
     Ok(())
 }
 
-/// Accounts for a finished attempt; returns the job and the delay when it must be tried again.
+/// Accounts for a finished attempt; returns the job, the delay and whether to re-read the secret
+/// files first when it must be tried again.
 fn finish_attempt(
     mut job: Job,
     outcome: Outcome,
@@ -343,13 +416,15 @@ fn finish_attempt(
     settings: &LokiSettings,
     arc: &mut AdaptiveConcurrency,
     log: &mut RateLimitedLog,
-) -> Option<(Job, Duration)> {
+    condition: &mut Condition,
+) -> Option<(Job, Duration, bool)> {
     let now = Instant::now();
     job.attempts += 1;
     telemetry::request(outcome.status_label(), took);
     match outcome {
         Outcome::Delivered { .. } => {
             arc.on_response(now, took, Feedback::Ok);
+            condition.on_delivered();
             telemetry::sent(job.batch.entries, job.batch.line_bytes);
             if job.attempts > 1 {
                 tracing::info!(
@@ -380,10 +455,24 @@ fn finish_attempt(
             label,
             reason,
             retry_after,
+            trouble,
         } => {
-            arc.on_response(now, took, Feedback::Backpressure);
             telemetry::retried();
             let delay = send::retry_delay(job.attempts, retry_after, settings.backoff_max);
+            if let Some(trouble) = trouble {
+                // Logged and reported by the condition, once per change: no per-retry lines.
+                condition.on_trouble(&trouble, &reason);
+                let refused = matches!(trouble, Trouble::Auth { .. });
+                // A prompt refusal is no sign of overload; a failed handshake may be.
+                let feedback = if refused {
+                    Feedback::Ok
+                } else {
+                    Feedback::Backpressure
+                };
+                arc.on_response(now, took, feedback);
+                return Some((job, delay, refused));
+            }
+            arc.on_response(now, took, Feedback::Backpressure);
             if log.should_log(&format!("retry {label}"), now) {
                 tracing::warn!(
                     status = %label,
@@ -393,7 +482,7 @@ fn finish_attempt(
                     "loki push failed; retrying until it succeeds"
                 );
             }
-            Some((job, delay))
+            Some((job, delay, false))
         }
     }
 }
@@ -401,3 +490,7 @@ fn finish_attempt(
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests_secure;

@@ -5,15 +5,23 @@
 //! errors and timeouts; any other 4xx and 501 are permanent (retrying cannot succeed). Anything
 //! else unexpected (a 3xx left after redirects) is retried rather than dropped: losing no line
 //! matters more than giving up early.
+//!
+//! Two failures are retried although they look permanent, because the operator can fix them
+//! without a restart and no line must be lost meanwhile: 401/403 (the credentials were refused;
+//! a rotated secret file is re-read before the retry) and TLS handshake or certificate errors.
+//! Both carry a [`Trouble`] so the sink can log them once, count them and report itself degraded.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, StatusCode};
 use tokio::time::Instant;
 
+use super::auth::Credentials;
 use super::encode::Body;
+use super::tls::{TlsFailure, tls_failure};
 
 /// How much of an error answer is kept as the reason.
 const MAX_REASON_BYTES: usize = 512;
@@ -26,6 +34,17 @@ pub(crate) struct Target {
     pub(crate) client: reqwest::Client,
     pub(crate) url: reqwest::Url,
     pub(crate) tenant: Option<HeaderValue>,
+    /// The `Authorization` header, re-read from its files after a 401/403.
+    pub(crate) credentials: Arc<Credentials>,
+}
+
+/// A retried failure the operator has to fix: the sink is degraded while it lasts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Trouble {
+    /// Loki (or its gateway) refused the credentials: 401 or 403.
+    Auth { status: StatusCode },
+    /// The TLS handshake failed (certificate, CA, name, client certificate).
+    Tls(TlsFailure),
 }
 
 /// What one attempt came to.
@@ -43,6 +62,8 @@ pub(crate) enum Outcome {
         reason: String,
         /// The server's `Retry-After`, on 429 and 503.
         retry_after: Option<Duration>,
+        /// Set when the failure needs the operator (credentials, TLS), not just patience.
+        trouble: Option<Trouble>,
     },
 }
 
@@ -70,6 +91,9 @@ pub(crate) async fn attempt(target: &Target, body: &Body) -> Outcome {
     }
     if let Some(tenant) = &target.tenant {
         request = request.header("X-Scope-OrgID", tenant.clone());
+    }
+    if let Some(auth) = target.credentials.header() {
+        request = request.header(AUTHORIZATION, auth);
     }
     let response = match request.send().await {
         Ok(response) => response,
@@ -99,11 +123,20 @@ pub(crate) async fn attempt(target: &Target, body: &Body) -> Outcome {
             label: status.as_u16().to_string(),
             reason,
             retry_after,
+            trouble: is_auth_refusal(status).then_some(Trouble::Auth { status }),
         }
     }
 }
 
 fn transport_error(e: &reqwest::Error) -> Outcome {
+    if let Some(failure) = tls_failure(e) {
+        return Outcome::Retry {
+            label: "tls".to_owned(),
+            reason: failure.cause.clone(),
+            retry_after: None,
+            trouble: Some(Trouble::Tls(failure)),
+        };
+    }
     let label = if e.is_timeout() {
         "timeout"
     } else if e.is_connect() {
@@ -123,12 +156,21 @@ fn transport_error(e: &reqwest::Error) -> Outcome {
         label: label.to_owned(),
         reason,
         retry_after: None,
+        trouble: None,
     }
 }
 
-/// 4xx other than 429, and 501: the same body would be refused again.
+/// 401 and 403: the credentials were refused. Retried (after re-reading secret files), never
+/// dropped: fixing the secret must lose no line.
+pub(crate) fn is_auth_refusal(status: StatusCode) -> bool {
+    status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN
+}
+
+/// 4xx other than 429, 401 and 403, and 501: the same body would be refused again.
 pub(crate) fn is_permanent(status: StatusCode) -> bool {
-    (status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS)
+    (status.is_client_error()
+        && status != StatusCode::TOO_MANY_REQUESTS
+        && !is_auth_refusal(status))
         || status == StatusCode::NOT_IMPLEMENTED
 }
 
@@ -198,10 +240,11 @@ mod tests {
 
     #[test]
     fn permanent_statuses_follow_loki() {
-        for code in [400, 401, 403, 404, 413, 422, 501] {
+        for code in [400, 404, 413, 422, 501] {
             assert!(is_permanent(StatusCode::from_u16(code).unwrap()), "{code}");
         }
-        for code in [429, 500, 502, 503, 504, 302] {
+        // 401/403 are retried: the operator rotates the secret and nothing is lost.
+        for code in [401, 403, 429, 500, 502, 503, 504, 302] {
             assert!(!is_permanent(StatusCode::from_u16(code).unwrap()), "{code}");
         }
     }

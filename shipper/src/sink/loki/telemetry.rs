@@ -22,6 +22,11 @@ pub(crate) const DURATION: &str = "shipper_loki_request_duration_seconds";
 /// The adaptive concurrency limit.
 pub(crate) const CONCURRENCY: &str = "shipper_loki_concurrency_limit";
 
+/// Pushes refused with 401/403 (retried after re-reading the secret files), by status.
+pub(crate) const AUTH_FAILURES: &str = "shipper_loki_auth_failures_total";
+/// Pushes that failed in the TLS handshake (retried), by cause.
+pub(crate) const TLS_ERRORS: &str = "shipper_loki_tls_errors_total";
+
 /// The `reason` of entries Loki refused with a permanent error.
 pub(crate) const REASON_REJECTED: &str = "loki_rejected";
 
@@ -49,6 +54,18 @@ pub(crate) fn describe() {
     describe_counter!(
         REQUESTS,
         "Push requests to Loki by answer: the HTTP status, or timeout, connect or error."
+    );
+    describe_counter!(
+        AUTH_FAILURES,
+        "Push attempts Loki (or its gateway) refused with 401 or 403, by status; each is retried \
+         after re-reading the secret files, nothing is dropped. A steady rise means the \
+         credentials are wrong: the sink shows degraded on /health meanwhile."
+    );
+    describe_counter!(
+        TLS_ERRORS,
+        "Push attempts that failed in the TLS handshake, by cause (expired, not_yet_valid, \
+         unknown_ca, name_mismatch, bad_certificate, client_certificate_refused, not_tls, \
+         handshake); each is retried, nothing is dropped."
     );
     describe_histogram!(
         DURATION,
@@ -81,4 +98,12 @@ pub(crate) fn dropped(entries: usize, reason: &'static str) {
 
 pub(crate) fn concurrency(limit: usize) {
     gauge!(CONCURRENCY).set(limit as f64);
+}
+
+pub(crate) fn auth_failure(status: u16) {
+    counter!(AUTH_FAILURES, "status" => status.to_string()).increment(1);
+}
+
+pub(crate) fn tls_error(cause: &'static str) {
+    counter!(TLS_ERRORS, "cause" => cause).increment(1);
 }

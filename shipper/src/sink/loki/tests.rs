@@ -16,18 +16,17 @@ use crate::event::{AckRef, AckSender, StreamBatch};
 
 const T: Duration = Duration::from_secs(10);
 
-fn settings(url: String, encoding: LokiEncoding) -> LokiSettings {
+pub(super) fn settings(url: String, encoding: LokiEncoding) -> LokiSettings {
     LokiSettings {
-        url,
-        tenant: None,
         encoding,
         request_timeout: Duration::from_secs(5),
         max_concurrency: 4,
         backoff_max: Duration::from_millis(200),
+        ..LokiSettings::new(url)
     }
 }
 
-fn labels(pairs: &[(&str, &str)]) -> crate::event::Labels {
+pub(super) fn labels(pairs: &[(&str, &str)]) -> crate::event::Labels {
     Arc::new(
         pairs
             .iter()
@@ -37,7 +36,7 @@ fn labels(pairs: &[(&str, &str)]) -> crate::event::Labels {
 }
 
 /// A one-stream batch whose single ack is `chunk`.
-fn batch(ack_tx: &AckSender, chunk: u64, lines: &[&str]) -> Batch {
+pub(super) fn batch(ack_tx: &AckSender, chunk: u64, lines: &[&str]) -> Batch {
     let entries = lines
         .iter()
         .enumerate()
@@ -118,12 +117,12 @@ impl Harness {
     }
 }
 
-fn recorder() -> PrometheusRecorder {
+pub(super) fn recorder() -> PrometheusRecorder {
     PrometheusBuilder::new().build_recorder()
 }
 
 /// The value of the sample line `series` (name with its labels) in the Prometheus text.
-fn sample(text: &str, series: &str) -> f64 {
+pub(super) fn sample(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .map_or(0.0, |v| v.trim().parse().unwrap())

@@ -4,7 +4,12 @@
 //! The receiver validates every body with the same [`wire::decode_push`] rules Loki applies, so a
 //! test that counts zero rejected bodies proves the client never sent one Loki would refuse.
 
+mod faults;
+#[cfg(feature = "test-pki")]
+pub mod pki;
 pub mod receiver;
+mod secure;
 
 pub use diagtool_model::loki::{labels, wire};
 pub use receiver::{ReceivedEntry, Receiver, ReceiverBuilder, RequestRecord};
+pub use secure::HANDSHAKE_TIMEOUT;

@@ -5,6 +5,11 @@
 //! only counts it, for benchmarks), and can misbehave on command: fail the next requests or for a
 //! while, hold requests without answering, or refuse lines containing a text.
 //!
+//! Security, as options: TLS ([`ReceiverBuilder::tls`], rustls on ring, optionally requiring
+//! client certificates) and credentials ([`ReceiverBuilder::basic_auth`],
+//! [`ReceiverBuilder::bearer_token`], changeable while it runs to simulate a rotation): a push
+//! without them gets 401 and is counted in [`Receiver::auth_failures`], before its body is read.
+//!
 //! Ownership: the server runs in one task owned by the [`Receiver`] (a cancellation token and its
 //! join handle). [`Receiver::shutdown`] stops it and waits; dropping the receiver cancels it. A
 //! request held by a hang fault is released by the fault's end or by shutdown, never left behind.
@@ -26,6 +31,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::faults::{Fault, Faults};
+use super::secure::{Required, TlsListener, TlsOptions};
 use super::wire::{MAX_DECODED_BYTES, Stream, decode_push};
 
 /// The push path, as in Loki.
@@ -69,6 +76,8 @@ pub struct RequestRecord {
     pub body_bytes: usize,
     /// Why the request was not accepted: the decode error, the rule, or the injected fault.
     pub error: Option<String>,
+    /// Every header but `Authorization` (names lower-case), for checks of extra headers.
+    pub headers: Vec<(String, String)>,
 }
 
 /// The status recorded for a held request whose client gave up (nginx's "client closed request").
@@ -79,6 +88,8 @@ pub const STATUS_CLIENT_GAVE_UP: u16 = 499;
 pub struct ReceiverBuilder {
     addr: SocketAddr,
     store_entries: bool,
+    pub(super) tls: Option<TlsOptions>,
+    pub(super) auth: Option<Required>,
 }
 
 impl Default for ReceiverBuilder {
@@ -86,6 +97,8 @@ impl Default for ReceiverBuilder {
         Self {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             store_entries: true,
+            tls: None,
+            auth: None,
         }
     }
 }
@@ -106,26 +119,47 @@ impl ReceiverBuilder {
 
     /// Binds the listener and starts serving.
     pub async fn start(self) -> std::io::Result<Receiver> {
+        let acceptor = self.tls.as_ref().map(TlsOptions::acceptor).transpose()?;
         let listener = tokio::net::TcpListener::bind(self.addr).await?;
         let addr = listener.local_addr()?;
         let cancel = CancellationToken::new();
         let shared = Arc::new(Shared {
             store_entries: self.store_entries,
             cancel: cancel.clone(),
+            auth: Mutex::new(self.auth),
             ..Shared::default()
         });
         let app = router(shared.clone());
         let stop = cancel.clone();
+        let tls = acceptor.is_some();
+        let listening = shared.clone();
         let task = tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
+            let stopped = async move { stop.cancelled().await };
+            let served = match acceptor {
+                None => {
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(stopped)
+                        .await
+                }
+                Some(acceptor) => {
+                    let listener = TlsListener {
+                        tcp: listener,
+                        acceptor,
+                        shared: listening,
+                        handshakes: Default::default(),
+                    };
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(stopped)
+                        .await
+                }
+            };
             if let Err(e) = served {
                 tracing::warn!(error = %e, "loki receiver stopped with an error");
             }
         });
         Ok(Receiver {
             addr,
+            tls,
             shared,
             cancel,
             task: Some(task),
@@ -148,7 +182,8 @@ impl ReceiverBuilder {
 #[derive(Debug)]
 pub struct Receiver {
     addr: SocketAddr,
-    shared: Arc<Shared>,
+    tls: bool,
+    pub(super) shared: Arc<Shared>,
     cancel: CancellationToken,
     task: Option<JoinHandle<()>>,
 }
@@ -169,9 +204,11 @@ impl Receiver {
         self.addr
     }
 
-    /// The base URL, such as `http://127.0.0.1:34567` (the push path is [`PUSH_PATH`]).
+    /// The base URL, such as `http://127.0.0.1:34567`, or `https://` when serving TLS (the push
+    /// path is [`PUSH_PATH`]).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// The accepted entries, in arrival order (empty in counting-only mode).
@@ -239,7 +276,7 @@ impl Receiver {
         self.wait_until(timeout, || self.request_count() >= n).await
     }
 
-    async fn wait_until(&self, timeout: Duration, done: impl Fn() -> bool) -> bool {
+    pub(super) async fn wait_until(&self, timeout: Duration, done: impl Fn() -> bool) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
             let notified = self.shared.notify.notified();
@@ -325,12 +362,12 @@ impl Drop for Receiver {
 }
 
 /// Poisoning cannot leave these plain collections inconsistent, so a poisoned lock is used as is.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[derive(Debug, Default)]
-struct Shared {
+pub(super) struct Shared {
     store_entries: bool,
     cancel: CancellationToken,
     entries: Mutex<Vec<ReceivedEntry>>,
@@ -344,52 +381,11 @@ struct Shared {
     max_in_flight: AtomicU64,
     requests: Mutex<VecDeque<RequestRecord>>,
     faults: Mutex<Faults>,
-    notify: Notify,
-}
-
-#[derive(Debug, Default)]
-struct Faults {
-    fail_next: Option<(u32, u16)>,
-    fail_until: Option<(Instant, u16)>,
-    hang_next: u32,
-    hang_until: Option<Instant>,
-    reject_containing: Vec<String>,
-    retry_after: Option<u64>,
-    latency: Option<Duration>,
-}
-
-enum Fault {
-    Fail(u16, Option<u64>),
-    /// Hold until the instant, or (None) until the client gives up.
-    Hang(Option<Instant>),
-}
-
-impl Faults {
-    fn take(&mut self, now: Instant) -> Option<Fault> {
-        if let Some((n, status)) = self.fail_next {
-            self.fail_next = (n > 1).then(|| (n - 1, status));
-            if n > 0 {
-                return Some(Fault::Fail(status, self.retry_after));
-            }
-        }
-        if let Some((until, status)) = self.fail_until {
-            if now < until {
-                return Some(Fault::Fail(status, self.retry_after));
-            }
-            self.fail_until = None;
-        }
-        if self.hang_next > 0 {
-            self.hang_next -= 1;
-            return Some(Fault::Hang(None));
-        }
-        if let Some(until) = self.hang_until {
-            if now < until {
-                return Some(Fault::Hang(Some(until)));
-            }
-            self.hang_until = None;
-        }
-        None
-    }
+    pub(super) notify: Notify,
+    pub(super) auth: Mutex<Option<Required>>,
+    pub(super) auth_failures: AtomicU64,
+    pub(super) handshake_failures: AtomicU64,
+    pub(super) last_handshake_error: Mutex<Option<String>>,
 }
 
 fn router(shared: Arc<Shared>) -> Router {
@@ -436,7 +432,34 @@ async fn push(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         entries: 0,
         body_bytes: body.len(),
         error: None,
+        headers: headers
+            .iter()
+            .filter(|(name, _)| *name != http::header::AUTHORIZATION)
+            .map(|(name, value)| {
+                let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                (name.as_str().to_owned(), value)
+            })
+            .collect(),
     };
+    // Credentials first, as a gateway does: a refused push's body is not even looked at.
+    let required = lock(&shared.auth).clone();
+    if let Some(required) = required
+        && !required.accepts(&headers)
+    {
+        shared.auth_failures.fetch_add(1, Ordering::AcqRel);
+        let mut response = finish(
+            &shared,
+            record,
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong credentials".into(),
+            None,
+        );
+        response.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(required.challenge()),
+        );
+        return response;
+    }
     let decoded = decode_push(
         record.content_type.as_deref(),
         record.content_encoding.as_deref(),
