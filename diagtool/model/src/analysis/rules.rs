@@ -234,11 +234,16 @@ impl RepeatedRise {
             (Some(f), Some(l)) => l.t_s - f.t_s,
             _ => 0.0,
         };
+        // The first few rises, for the operator; a climb of many samples is not listed whole.
         let shown = |rises: &[(f64, u64)]| {
-            let parts: Vec<String> = rises
+            let mut parts: Vec<String> = rises
                 .iter()
+                .take(3)
                 .map(|(t, d)| format!("+{d} at {t:.0}s"))
                 .collect();
+            if rises.len() > 3 {
+                parts.push(format!("{} more", rises.len() - 3));
+            }
             parts.join(", ")
         };
         match (rises.first(), rises.last()) {
@@ -262,13 +267,17 @@ impl RepeatedRise {
             }
             _ => Check {
                 ok: false,
-                reason: if rises.is_empty() {
-                    "the floor never rose".to_owned()
-                } else {
-                    format!(
+                reason: match rises.len() {
+                    0 => "the floor never rose".to_owned(),
+                    1 => format!(
                         "one step so far ({}): a warm-up looks the same until the floor rises again",
                         shown(&rises)
-                    )
+                    ),
+                    n => format!(
+                        "the floor rose {n} times ({}), {} needed",
+                        shown(&rises),
+                        self.min_rises
+                    ),
                 },
             },
         }
