@@ -79,9 +79,15 @@ fn pod_logs_arrive_labelled_timestamped_and_with_partials_merged() {
         &web.with_file_name("0.log.20240501-110000.gz"),
         "\x1f\u{8b}junk\n",
     );
+    // Nor is any other name: only `<restart count>.log`.
+    append(
+        &web.with_file_name("stray.log"),
+        &format!("{t1} stdout F not a container log\n"),
+    );
     let shipper = env.start();
     wait_until(LIMIT, "5 entries", || env.delivered().len() >= 5);
-    std::thread::sleep(Duration::from_millis(500));
+    // Every file was found by the first discovery, before anything was read: two are followed.
+    assert_eq!(shipper.metric("shipper_files_active"), Some(2.0));
     assert!(shipper.terminate(Duration::from_secs(15)).success());
     let d = env.delivered();
     assert_eq!(d.len(), 5, "{d:?}");
@@ -160,9 +166,11 @@ fn kubelet_rotation_and_deletion_under_load_lose_nothing() {
             let mut f = std::io::BufWriter::new(std::fs::File::create(&live).unwrap());
             for i in 0..total {
                 f.write_all(load_record(i).as_bytes()).unwrap();
-                if i % 500 == 499 {
+                // Paced through a segment's first half, then its second half in one burst right
+                // before the rename: the shipper is still behind when the file moves away.
+                if i % 500 == 499 && i % segment < segment / 2 {
                     f.flush().unwrap();
-                    std::thread::sleep(Duration::from_millis(40));
+                    std::thread::sleep(Duration::from_millis(60));
                 }
                 if i % segment == segment - 1 && i + 1 < total {
                     f.flush().unwrap();
@@ -219,5 +227,55 @@ fn kubelet_rotation_and_deletion_under_load_lose_nothing() {
     eprintln!(
         "{total} lines in {} files written in {wrote:?}",
         total / segment
+    );
+}
+
+#[test]
+fn a_go_panic_on_stderr_is_one_entry_while_stdout_goes_on() {
+    let (env, pods) = kubernetes_env(
+        "multiline = { start = '^(\\d{4}-\\d{2}-\\d{2}T|panic: )', max_wait = \"300ms\" }",
+    );
+    let log = pod_dir(&pods, "shop", "api-1", "api").join("0.log");
+    let mut panic = vec![
+        "panic: assignment to entry in nil map".to_string(),
+        String::new(),
+        "goroutine 42 [running]:".to_string(),
+    ];
+    for f in 0..37 {
+        panic.push(format!("main.step{f}(...)\t/app/main.go:{}", 10 + f));
+    }
+    let mut text = String::new();
+    for (i, line) in panic.iter().enumerate() {
+        let (t, _) = cri_time(10, i as u64);
+        if i == 5 {
+            // The runtime split this one: `P` then `F`.
+            let (a, b) = line.split_at(6);
+            text += &format!("{t} stderr P {a}\n{t} stderr F {b}\n");
+        } else {
+            text += &format!("{t} stderr F {line}\n");
+        }
+        if i % 10 == 0 {
+            text += &format!("{t} stdout F 2024-05-01T12:00:10Z GET /{i} 200\n");
+        }
+    }
+    append(&log, &text);
+    let shipper = env.start();
+    wait_until(LIMIT, "the panic and 4 requests", || {
+        env.delivered().len() >= 5
+    });
+    assert!(shipper.terminate(Duration::from_secs(15)).success());
+    let d = env.delivered();
+    assert_eq!(d.len(), 5, "{d:?}");
+    let errs: Vec<_> = d
+        .iter()
+        .filter(|e| e.labels["stream"] == "stderr")
+        .collect();
+    assert_eq!(errs.len(), 1, "{d:?}");
+    assert_eq!(errs[0].line, panic.join("\n"));
+    assert_eq!(errs[0].line.lines().count(), 40);
+    assert_eq!(
+        errs[0].ts,
+        cri_time(10, 0).1,
+        "the entry has its first line's time"
     );
 }
