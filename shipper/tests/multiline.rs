@@ -151,3 +151,17 @@ fn a_kill_9_in_the_middle_of_a_trace_neither_loses_nor_splits_it() {
     // The open entry after it was not shipped at shutdown: its position holds it for next time.
     assert_eq!(saved(), Some((head.len() + text(&panic).len()) as u64));
 }
+
+#[test]
+fn a_bad_start_regex_exits_2_naming_the_key() {
+    let mut env = Env::new();
+    env.source_extra = "multiline = { start = '^(\\d{4}' }\n".into();
+    let config = env.write_config();
+    let (code, _, err) =
+        support::run_bin(&["--check-config", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("sources[0].multiline.start") && err.contains("unclosed group"),
+        "{err}"
+    );
+}

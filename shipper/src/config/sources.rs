@@ -196,7 +196,12 @@ fn multiline(r: &Resolver<'_>, k: &str, m: MultilineFile) -> Result<Multiline, C
         .size_limit(1 << 20)
         .build()
         .map_err(|e| {
-            let e = e.to_string().replace('\n', " ");
+            // regex's message spans lines (a caret under the pattern); keep it on one.
+            let e = e
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
             r.invalid(
                 format!("{k}.start"),
                 format!("invalid regex '{}': {e}", m.start),
