@@ -74,8 +74,8 @@ pub enum SourceKind {
     File,
     /// Docker json-file records, with partial-line merging.
     Docker,
-    /// Kubernetes pod logs in the CRI format (`<path>/<namespace>_<pod>_<uid>/<container>/<n>.log`),
-    /// with `P`/`F` partial merging.
+    /// Kubernetes pod logs in the CRI format
+    /// (`<path>/<namespace>_<pod>_<uid>/<container>/<n>.log`), with `P`/`F` partial merging.
     Kubernetes,
 }
 

@@ -9,8 +9,8 @@
 //! when events are unavailable). A file whose path leads elsewhere or nowhere is *finishing*: it is
 //! read to its end through its open descriptor, then closed (kubelet's rotation, `0.log` renamed
 //! and a new `0.log` created, is this case). Open multiline entries fall due by time: the idle
-//! sleep ends at the earliest [`Watcher::deadline`], so no timer runs per file. Failures stay local to their file:
-//! logged once, counted, retried on the next pass.
+//! sleep ends at the earliest [`Watcher::deadline`], so no timer runs per file. Failures stay
+//! local to their file: logged once, counted, retried on the next pass.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
