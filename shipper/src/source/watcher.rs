@@ -452,3 +452,133 @@ impl Watcher {
         out
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::io::Write;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::source::MetricEvents;
+
+    fn watcher(path: &std::path::Path, decoder: Decoder, multiline: Option<&Multiline>) -> Watcher {
+        let file = File::open(path).unwrap();
+        let meta = file.metadata().unwrap();
+        let head = Fingerprint::of_file(&file, meta.len()).unwrap();
+        let id = FileId::of(&meta);
+        Watcher::new(path.into(), file, id, head, 1, 0, 1024, decoder, multiline).unwrap()
+    }
+
+    fn labels(name: &str) -> Labels {
+        Arc::new(BTreeMap::from([("s".to_string(), name.to_string())]))
+    }
+
+    fn append(path: &std::path::Path, bytes: &[u8]) {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        f.write_all(bytes).unwrap();
+    }
+
+    /// Reads once: the entries as `(stream label, line)` and the offset the checkpoint may take.
+    fn read(w: &mut Watcher) -> (Vec<(String, String)>, u64) {
+        let mut buf = vec![0u8; READ_BLOCK];
+        let out = w.read(&mut buf, 1 << 20, &MetricEvents).unwrap();
+        let entries = out
+            .streams
+            .iter()
+            .flat_map(|(l, lines)| lines.iter().map(|(_, t)| (l["s"].clone(), t.to_string())))
+            .collect();
+        (entries, out.end_offset)
+    }
+
+    fn multiline(start: &str, max_wait: Duration) -> Multiline {
+        Multiline {
+            start: regex::bytes::Regex::new(start).unwrap(),
+            max_lines: 500,
+            max_wait,
+        }
+    }
+
+    #[test]
+    fn the_position_stays_at_the_start_of_an_open_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("app.log");
+        append(&p, b"S1\nS2\n  a\n  b");
+        let m = multiline("^S", Duration::from_secs(3600));
+        let mut w = watcher(
+            &p,
+            Decoder::Plain {
+                labels: labels("p"),
+            },
+            Some(&m),
+        );
+        let (entries, end) = read(&mut w);
+        assert_eq!(entries, [("p".into(), "S1".into())]);
+        assert_eq!(end, 3, "S2 opens an entry that is not complete yet");
+        append(&p, b"\nS3\n");
+        let (entries, end) = read(&mut w);
+        assert_eq!(entries, [("p".into(), "S2\n  a\n  b".into())]);
+        assert_eq!(
+            end, 14,
+            "the entry S3 opened holds the position at its start"
+        );
+        assert!(w.deadline().is_some());
+        let last = w.finish();
+        assert_eq!(last.end_offset, 17);
+        assert_eq!(last.streams[0].1.iter().next().unwrap().1, "S3");
+    }
+
+    #[test]
+    fn an_open_entry_falls_due_after_max_wait_and_releases_the_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("app.log");
+        append(&p, b"S1\n  a\n");
+        let m = multiline("^S", Duration::from_millis(1));
+        let mut w = watcher(
+            &p,
+            Decoder::Plain {
+                labels: labels("p"),
+            },
+            Some(&m),
+        );
+        let (entries, end) = read(&mut w);
+        assert!(entries.is_empty());
+        assert_eq!(end, 0);
+        let due = w.deadline().unwrap();
+        while Instant::now() < due {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let (entries, end) = read(&mut w);
+        assert_eq!(entries, [("p".into(), "S1\n  a".into())]);
+        assert_eq!(end, 7);
+        assert_eq!(w.deadline(), None);
+    }
+
+    #[test]
+    fn a_held_cri_partial_holds_the_position_while_the_other_stream_ships() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("0.log");
+        let t = "2024-05-01T12:00:00Z";
+        let first = format!("{t} stdout P ab\n");
+        let err = format!("{t} stderr F e\n");
+        append(&p, format!("{first}{err}").as_bytes());
+        let decoder = Decoder::Records {
+            format: Format::Cri(CriDecoder::new(1024)),
+            labels: [labels("out"), labels("err")],
+        };
+        let mut w = watcher(&p, decoder, None);
+        let (entries, end) = read(&mut w);
+        assert_eq!(entries, [("err".into(), "e".into())]);
+        assert_eq!(end, 0, "the P record at 0 is held");
+        let rest = format!("{t} stdout F cd\n");
+        append(&p, rest.as_bytes());
+        let (entries, end) = read(&mut w);
+        assert_eq!(entries, [("out".into(), "abcd".into())]);
+        assert_eq!(end as usize, first.len() + err.len() + rest.len());
+    }
+}
