@@ -331,6 +331,9 @@ impl<E: SourceEvents> SourceEvents for LabEvents<E> {
     fn docker_invalid(&self, path: &str, error: &str) {
         self.inner.docker_invalid(path, error);
     }
+    fn cri_invalid(&self, path: &str, error: &str) {
+        self.inner.cri_invalid(path, error);
+    }
 }
 
 /// A ticker whose first tick comes one period from now, not at once (a leak grows from zero).
@@ -534,6 +537,7 @@ mod tests {
         fn file_truncated(&self, _: &str) {}
         fn read_error(&self, _: &str, _: &std::io::Error) {}
         fn docker_invalid(&self, _: &str, _: &str) {}
+        fn cri_invalid(&self, _: &str, _: &str) {}
     }
 
     #[tokio::test]

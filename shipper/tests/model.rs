@@ -84,6 +84,7 @@ async fn run_model(seed: u64, steps: usize, fs_events: bool) {
             labels: BTreeMap::new(),
             max_line_bytes: 1024,
             poll_interval: Duration::from_millis(20),
+            multiline: None,
         }],
         ledger: ledger.clone(),
         tx,

@@ -21,7 +21,11 @@ mod sources;
 pub use health::HealthConfig;
 pub use server::ServerConfig;
 pub use sink::{DEFAULT_BATCH_MAX_BYTES, DEFAULT_BATCH_MAX_WAIT, Encoding, SinkConfig, SinkKind};
-pub use sources::{DEFAULT_POLL_INTERVAL, ReadFrom, SourceConfig, SourceKind};
+pub use sources::{
+    DEFAULT_KUBERNETES_PATH, DEFAULT_MULTILINE_MAX_LINES, DEFAULT_MULTILINE_MAX_WAIT,
+    DEFAULT_POLL_INTERVAL, KUBERNETES_LABELS, MAX_LABELS_PER_STREAM, Multiline, ReadFrom,
+    SourceConfig, SourceKind,
+};
 
 use resolve::Resolver;
 
@@ -47,9 +51,15 @@ labels = { job = "app" }             # every entry also gets filename = <full pa
 max_line_bytes = 262144              # longer lines are truncated and counted
 poll_interval = "1s"                 # discovery rescans (filesystem events wake it sooner)
 
+# multiline = { start = '^\d{4}-\d{2}-\d{2}T', max_lines = 500, max_wait = "2s" }   # any source
+
 # [[sources]]
 # type = "docker"                    # json-file logs: <path>/<id>/<id>-json.log
 # path = "/var/lib/docker/containers"
+
+# [[sources]]
+# type = "kubernetes"                # CRI pod logs: <path>/<namespace>_<pod>_<uid>/<container>/<n>.log
+# path = "/var/log/pods"             # entries get namespace, pod, container and stream labels
 
 [sink]
 type = "file"                        # or "loki" (url = ...) or "stdout"

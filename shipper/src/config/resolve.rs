@@ -11,6 +11,11 @@ use diagtool_model::duration;
 
 use super::{ConfigError, DEFAULT_MAX_LINE_BYTES, ReadFrom};
 
+/// Loki's default `max_label_name_length`.
+pub(super) const MAX_LABEL_NAME_BYTES: usize = 1024;
+/// Loki's default `max_label_value_length`.
+pub(super) const MAX_LABEL_VALUE_BYTES: usize = 2048;
+
 /// Resolves values of one config file: relative paths against `cwd`, errors naming `path`.
 pub(super) struct Resolver<'a> {
     pub(super) path: &'a str,
@@ -122,15 +127,39 @@ impl Resolver<'_> {
         key: &str,
         labels: BTreeMap<String, String>,
     ) -> Result<BTreeMap<String, String>, ConfigError> {
-        for name in labels.keys() {
+        // Loki's rules (and its default limits): a name is `[a-zA-Z_][a-zA-Z0-9_]*`, `__` is
+        // reserved for internal labels, names are at most 1024 bytes and values 2048; an empty
+        // value means "no such label" to Loki, so it would silently vanish.
+        for (name, value) in &labels {
             let ok = name
                 .chars()
                 .enumerate()
                 .all(|(i, c)| c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()));
+            let k = format!("{key}.{name}");
             if !ok || name.is_empty() || name.starts_with("__") {
                 return Err(self.invalid(
-                    format!("{key}.{name}"),
+                    k,
                     format!("invalid label name '{name}': use letters, digits and '_', not starting with a digit or '__'"),
+                ));
+            }
+            if name.len() > MAX_LABEL_NAME_BYTES {
+                return Err(self.invalid(
+                    k,
+                    format!(
+                        "label name longer than Loki's {MAX_LABEL_NAME_BYTES} bytes: shorten it"
+                    ),
+                ));
+            }
+            if value.is_empty() {
+                return Err(self.invalid(
+                    k,
+                    "empty value: Loki drops a label without a value; give it one or remove it",
+                ));
+            }
+            if value.len() > MAX_LABEL_VALUE_BYTES {
+                return Err(self.invalid(
+                    k,
+                    format!("value longer than Loki's {MAX_LABEL_VALUE_BYTES} bytes: shorten it"),
                 ));
             }
         }

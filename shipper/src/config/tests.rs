@@ -104,3 +104,118 @@ fn loki_sink_resolves_with_defaults() {
         other => panic!("{other:?}"),
     }
 }
+
+fn src(body: &str) -> String {
+    format!("[[sources]]\n{body}\n[sink]\ntype = \"stdout\"\n")
+}
+
+#[test]
+fn kubernetes_source_defaults_to_var_log_pods_and_reserves_its_labels() {
+    let c = Config::parse(&src("type = \"kubernetes\""), "t").unwrap();
+    assert_eq!(c.sources[0].kind, SourceKind::Kubernetes);
+    assert_eq!(c.sources[0].include, vec!["/var/log/pods/*_*_*/*/*.log"]);
+    let c = Config::parse(&src("type = \"kubernetes\"\npath = \"/k/pods\""), "t").unwrap();
+    assert_eq!(c.sources[0].include, vec!["/k/pods/*_*_*/*/*.log"]);
+    for name in KUBERNETES_LABELS {
+        let e = err(&src(&format!(
+            "type = \"kubernetes\"\nlabels = {{ {name} = \"x\" }}"
+        )));
+        assert!(e.contains(&format!("sources[0].labels.{name}")), "{e}");
+    }
+    let k = SourceKind::Kubernetes;
+    for ok in ["/p/ns_pod_uid/c/0.log", "/p/ns_pod_uid/c/12.log"] {
+        assert!(k.follows(std::path::Path::new(ok)), "{ok}");
+    }
+    for rotated in [
+        "/p/ns_pod_uid/c/0.log.20240501-120000",
+        "/p/ns_pod_uid/c/0.log.20240501-120000.gz",
+        "/p/ns_pod_uid/c/x.log",
+        "/p/ns_pod_uid/c/.log",
+    ] {
+        assert!(!k.follows(std::path::Path::new(rotated)), "{rotated}");
+    }
+}
+
+#[test]
+fn multiline_on_any_source_with_defaults_and_errors_naming_the_key() {
+    for kind in [
+        "type = \"file\"\ninclude = [\"/l/*.log\"]",
+        "type = \"docker\"\npath = \"/d\"",
+        "type = \"kubernetes\"",
+    ] {
+        let c = Config::parse(
+            &src(&format!("{kind}\nmultiline = {{ start = '^\\d{{4}}-' }}")),
+            "t",
+        )
+        .unwrap();
+        let m = c.sources[0].multiline.as_ref().unwrap();
+        assert!(m.start.is_match(b"2024-05-01 x") && !m.start.is_match(b"\tat x"));
+        assert_eq!(m.max_lines, DEFAULT_MULTILINE_MAX_LINES);
+        assert_eq!(m.max_wait, DEFAULT_MULTILINE_MAX_WAIT);
+    }
+    let c = Config::parse(
+        &src("type = \"file\"\ninclude = [\"/l/*.log\"]\nmultiline = { start = '^\\S', max_lines = 40, max_wait = \"500ms\" }"),
+        "t",
+    )
+    .unwrap();
+    let m = c.sources[0].multiline.as_ref().unwrap();
+    assert_eq!((m.max_lines, m.max_wait), (40, Duration::from_millis(500)));
+    assert!(
+        Config::parse(MIN, "t").unwrap().sources[0]
+            .multiline
+            .is_none()
+    );
+    let f = "type = \"file\"\ninclude = [\"/l/*.log\"]\n";
+    let e = err(&src(&format!("{f}multiline = {{ start = '^(unclosed' }}")));
+    assert!(
+        e.contains("sources[0].multiline.start") && e.contains("invalid regex"),
+        "{e}"
+    );
+    let e = err(&src(&format!("{f}multiline = {{ start = '' }}")));
+    assert!(e.contains("sources[0].multiline.start"), "{e}");
+    let e = err(&src(&format!(
+        "{f}multiline = {{ start = 'x', max_lines = 0 }}"
+    )));
+    assert!(e.contains("sources[0].multiline.max_lines"), "{e}");
+    let e = err(&src(&format!(
+        "{f}multiline = {{ start = 'x', max_wait = \"0s\" }}"
+    )));
+    assert!(e.contains("sources[0].multiline.max_wait"), "{e}");
+    let e = err(&src(&format!("{f}multiline = {{ begin = 'x' }}")));
+    assert!(e.contains("begin"), "{e}");
+}
+
+#[test]
+fn labels_follow_lokis_rules_and_limits_naming_the_key() {
+    let f = "type = \"file\"\ninclude = [\"/l/*.log\"]\n";
+    for (labels, key) in [
+        ("{ \"9lives\" = \"x\" }", "sources[0].labels.9lives"),
+        ("{ __name__ = \"x\" }", "sources[0].labels.__name__"),
+        ("{ \"app-name\" = \"x\" }", "sources[0].labels.app-name"),
+        ("{ job = \"\" }", "sources[0].labels.job"),
+    ] {
+        let e = err(&src(&format!("{f}labels = {labels}")));
+        assert!(e.contains(key), "{labels}: {e}");
+    }
+    let long = "v".repeat(2049);
+    let e = err(&src(&format!("{f}labels = {{ job = \"{long}\" }}")));
+    assert!(
+        e.contains("sources[0].labels.job") && e.contains("2048"),
+        "{e}"
+    );
+    // 14 static labels and `filename` make Loki's 15; one more is refused.
+    let many = |n: usize| {
+        (0..n)
+            .map(|i| format!("l{i} = \"v\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    assert!(Config::parse(&src(&format!("{f}labels = {{ {} }}", many(14))), "t").is_ok());
+    let e = err(&src(&format!("{f}labels = {{ {} }}", many(15))));
+    assert!(e.contains("sources[0].labels") && e.contains("15"), "{e}");
+    let e = err(&src(&format!(
+        "type = \"kubernetes\"\nlabels = {{ {} }}",
+        many(12)
+    )));
+    assert!(e.contains("sources[0].labels"), "{e}");
+}

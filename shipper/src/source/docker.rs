@@ -3,10 +3,12 @@
 //! Docker splits lines longer than 16 KiB into several records; every record but the last has a
 //! `log` without a trailing newline. The decoder merges them per stream (stdout and stderr
 //! interleave) and emits a line when its last record arrives, timestamped with that record's
-//! `time`. While a stream holds an unfinished line, [`DockerDecoder::is_idle`] is false: the reader
-//! then keeps the checkpoint before the first record of that line, so a restart re-reads it whole.
+//! `time`. While a stream holds an unfinished line, [`DockerDecoder::held_start`] is the offset of
+//! its first record: the reader keeps the checkpoint there, so a restart re-reads it whole.
 
 use serde::Deserialize;
+
+use crate::source::merge::{Merged, PartialMerger};
 
 /// Which stream a Docker record belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,35 +51,28 @@ pub enum DockerError {
     Time(String),
 }
 
-/// A completed line: its stream, timestamp (ns), bytes, and whether it was truncated.
-pub type DockerLine = (Stream, i64, Vec<u8>, bool);
-
-/// Merges partial records into lines, per stream.
+/// Decodes Docker records and merges partial ones, per stream.
 #[derive(Debug)]
 pub struct DockerDecoder {
-    max: usize,
-    partial: [Vec<u8>; 2],
-    skipped: [bool; 2],
+    merger: PartialMerger,
 }
 
 impl DockerDecoder {
     /// A decoder keeping at most `max` bytes of a merged line.
     pub fn new(max: usize) -> Self {
         Self {
-            max,
-            partial: [Vec::new(), Vec::new()],
-            skipped: [false, false],
+            merger: PartialMerger::new(max),
         }
     }
 
-    /// Whether no stream holds an unfinished line.
-    pub fn is_idle(&self) -> bool {
-        self.partial.iter().all(Vec::is_empty) && !self.skipped.iter().any(|s| *s)
+    /// The offset of the first record of an unfinished line, if a stream holds one.
+    pub fn held_start(&self) -> Option<u64> {
+        self.merger.held_start()
     }
 
-    /// Decodes one record. Returns `Ok(Some((stream, ts_ns, line, truncated)))` when it completes a
-    /// line, `Ok(None)` when it is a partial record that was buffered.
-    pub fn decode(&mut self, record: &[u8]) -> Result<Option<DockerLine>, DockerError> {
+    /// Decodes one record read at file offset `start`. Returns the merged line when the record
+    /// completes one, `Ok(None)` when it is a partial record that was held.
+    pub fn decode(&mut self, record: &[u8], start: u64) -> Result<Option<Merged>, DockerError> {
         let r: Record<'_> =
             serde_json::from_slice(record).map_err(|e| DockerError::Json(e.to_string()))?;
         let stream = match r.stream {
@@ -86,35 +81,17 @@ impl DockerDecoder {
             other => return Err(DockerError::Stream(other.to_string())),
         };
         let ts = parse_rfc3339_ns(r.time).ok_or_else(|| DockerError::Time(r.time.to_string()))?;
-        let i = stream as usize;
         let log = r.log.as_bytes();
         let (body, complete) = match log.strip_suffix(b"\n") {
             Some(b) => (b, true),
             None => (log, false),
         };
-        let room = self.max.saturating_sub(self.partial[i].len());
-        if body.len() > room {
-            self.skipped[i] = true;
-        }
-        self.partial[i].extend_from_slice(&body[..room.min(body.len())]);
-        if !complete {
-            return Ok(None);
-        }
-        let line = std::mem::take(&mut self.partial[i]);
-        let truncated = std::mem::replace(&mut self.skipped[i], false);
-        Ok(Some((stream, ts, line, truncated)))
+        Ok(self.merger.push(stream, ts, body, complete, start))
     }
 
     /// Takes the unfinished lines (the file is finished), stdout first.
-    pub fn take_partials(&mut self) -> Vec<(Stream, Vec<u8>, bool)> {
-        let mut out = Vec::new();
-        for (i, s) in [Stream::Stdout, Stream::Stderr].into_iter().enumerate() {
-            if !self.partial[i].is_empty() || self.skipped[i] {
-                out.push((s, std::mem::take(&mut self.partial[i]), self.skipped[i]));
-                self.skipped[i] = false;
-            }
-        }
-        out
+    pub fn take_partials(&mut self) -> Vec<Merged> {
+        self.merger.take_partials()
     }
 }
 
@@ -230,26 +207,26 @@ mod tests {
                 serde_json::to_string(log).unwrap()
             )
         };
-        assert_eq!(d.decode(rec("hel", "stdout").as_bytes()).unwrap(), None);
-        assert!(!d.is_idle());
-        let (s, _, line, tr) = d
-            .decode(rec("err\n", "stderr").as_bytes())
+        assert_eq!(d.decode(rec("hel", "stdout").as_bytes(), 3).unwrap(), None);
+        assert_eq!(d.held_start(), Some(3));
+        let m = d
+            .decode(rec("err\n", "stderr").as_bytes(), 50)
             .unwrap()
             .unwrap();
         assert_eq!(
-            (s, line.as_slice(), tr),
-            (Stream::Stderr, &b"err"[..], false)
+            (m.stream, m.line.as_slice(), m.truncated, m.start),
+            (Stream::Stderr, &b"err"[..], false, 50)
         );
-        let (s, ts, line, _) = d
-            .decode(rec("lo \"q\"\t\\\n", "stdout").as_bytes())
+        let m = d
+            .decode(rec("lo \"q\"\t\\\n", "stdout").as_bytes(), 100)
             .unwrap()
             .unwrap();
         assert_eq!(
-            (s, line.as_slice()),
-            (Stream::Stdout, &b"hello \"q\"\t\\"[..])
+            (m.stream, m.line.as_slice(), m.start),
+            (Stream::Stdout, &b"hello \"q\"\t\\"[..], 3)
         );
-        assert_eq!(ts, 1_714_564_800_000_000_000);
-        assert!(d.is_idle());
+        assert_eq!(m.ts_ns, 1_714_564_800_000_000_000);
+        assert_eq!(d.held_start(), None);
     }
 
     #[test]
@@ -257,22 +234,34 @@ mod tests {
         let mut d = DockerDecoder::new(4);
         let t = "2024-05-01T12:00:00Z";
         assert_eq!(
-            d.decode(format!(r#"{{"log":"abc","stream":"stdout","time":"{t}"}}"#).as_bytes())
-                .unwrap(),
+            d.decode(
+                format!(r#"{{"log":"abc","stream":"stdout","time":"{t}"}}"#).as_bytes(),
+                0
+            )
+            .unwrap(),
             None
         );
-        let (_, _, line, tr) = d
-            .decode(format!(r#"{{"log":"defg\n","stream":"stdout","time":"{t}"}}"#).as_bytes())
+        let m = d
+            .decode(
+                format!(r#"{{"log":"defg\n","stream":"stdout","time":"{t}"}}"#).as_bytes(),
+                10,
+            )
             .unwrap()
             .unwrap();
-        assert_eq!((line.as_slice(), tr), (&b"abcd"[..], true));
-        assert!(matches!(d.decode(b"not json"), Err(DockerError::Json(_))));
+        assert_eq!((m.line.as_slice(), m.truncated), (&b"abcd"[..], true));
         assert!(matches!(
-            d.decode(format!(r#"{{"log":"x\n","stream":"tty","time":"{t}"}}"#).as_bytes()),
+            d.decode(b"not json", 0),
+            Err(DockerError::Json(_))
+        ));
+        assert!(matches!(
+            d.decode(
+                format!(r#"{{"log":"x\n","stream":"tty","time":"{t}"}}"#).as_bytes(),
+                0
+            ),
             Err(DockerError::Stream(_))
         ));
         assert!(matches!(
-            d.decode(br#"{"log":"x\n","stream":"stdout","time":"yesterday"}"#),
+            d.decode(br#"{"log":"x\n","stream":"stdout","time":"yesterday"}"#, 0),
             Err(DockerError::Time(_))
         ));
     }

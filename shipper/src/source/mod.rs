@@ -1,12 +1,17 @@
-//! Sources: files and Docker json-file logs, all read by one reader actor ([`reader`]).
+//! Sources: files, Docker json-file logs and Kubernetes (CRI) pod logs, all read by one reader
+//! actor ([`reader`]). Each record format has its decoder ([`docker`], [`cri`]) sharing the
+//! partial-line [`merge`]; any source may join lines into entries ([`multiline`]).
 //!
 //! What sources observe (files added and removed, lines read, truncated lines, unreadable files) is
 //! reported through [`SourceEvents`]; [`MetricEvents`] turns it into the contract's metrics and logs
 //! each failure once, tests use their own implementation.
 
+pub mod cri;
 pub mod docker;
 pub mod fingerprint;
 pub mod lines;
+pub mod merge;
+pub mod multiline;
 pub mod reader;
 mod watcher;
 
@@ -28,6 +33,8 @@ pub trait SourceEvents: Send + Sync + std::fmt::Debug {
     fn read_error(&self, path: &str, error: &std::io::Error);
     /// A Docker record could not be decoded; it was shipped raw.
     fn docker_invalid(&self, path: &str, error: &str);
+    /// A CRI (Kubernetes) record could not be decoded; it was shipped raw.
+    fn cri_invalid(&self, path: &str, error: &str);
 }
 
 /// The production [`SourceEvents`]: metrics through the `metrics` facade and logs.
@@ -71,5 +78,9 @@ impl SourceEvents for MetricEvents {
     fn docker_invalid(&self, path: &str, error: &str) {
         metrics::counter!("shipper_docker_invalid_records_total").increment(1);
         tracing::warn!(path, error, "invalid docker record shipped as raw text");
+    }
+    fn cri_invalid(&self, path: &str, error: &str) {
+        metrics::counter!("shipper_cri_invalid_records_total").increment(1);
+        tracing::warn!(path, error, "invalid CRI record shipped as raw text");
     }
 }

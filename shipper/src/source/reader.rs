@@ -7,8 +7,10 @@
 //! Discovery walks the glob bases every `poll_interval` and whenever `notify` reports a file created,
 //! removed or renamed; filesystem events also wake an idle reader at once (the poll is the fallback
 //! when events are unavailable). A file whose path leads elsewhere or nowhere is *finishing*: it is
-//! read to its end through its open descriptor, then closed. Failures stay local to their file:
-//! logged once, counted, retried on the next pass.
+//! read to its end through its open descriptor, then closed (kubelet's rotation, `0.log` renamed
+//! and a new `0.log` created, is this case). Open multiline entries fall due by time: the idle
+//! sleep ends at the earliest [`Watcher::deadline`], so no timer runs per file. Failures stay
+//! local to their file: logged once, counted, retried on the next pass.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
@@ -25,9 +27,10 @@ use crate::checkpoint::{self, SharedLedger};
 use crate::config::{ReadFrom, SourceConfig, SourceKind};
 use crate::event::{Chunk, Labels};
 use crate::source::SourceEvents;
+use crate::source::cri::{CriDecoder, pod_of};
 use crate::source::docker::DockerDecoder;
 use crate::source::fingerprint::{FileId, Fingerprint};
-use crate::source::watcher::{Decoder, READ_BLOCK, ReadOutput, Watcher};
+use crate::source::watcher::{Decoder, Format, READ_BLOCK, ReadOutput, Watcher};
 
 /// Bytes read from one file per pass before moving to the next file.
 pub const BUDGET: usize = 128 * 1024;
@@ -234,10 +237,15 @@ pub async fn run(
             idle = Duration::from_millis(1);
             tokio::task::yield_now().await;
         } else {
+            // An open multiline entry falling due wakes the loop in time to complete it.
+            let nap = match r.watchers.iter().filter_map(Watcher::deadline).min() {
+                Some(due) => idle.min(due.saturating_duration_since(Instant::now())),
+                None => idle,
+            };
             tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
                 _ = wake.notified() => {}
-                _ = tokio::time::sleep(idle) => {}
+                _ = tokio::time::sleep(nap) => {}
             }
             idle = (idle * 2).min(MAX_IDLE);
         }
@@ -254,7 +262,11 @@ impl Reader {
                 walk(b, &mut files, 0);
             }
             for p in files {
-                if s.include.is_match(&p) && !s.exclude.is_match(&p) && seen.insert(p.clone()) {
+                if s.include.is_match(&p)
+                    && !s.exclude.is_match(&p)
+                    && s.cfg.kind.follows(&p)
+                    && seen.insert(p.clone())
+                {
                     found.push((p, si));
                 }
             }
@@ -345,11 +357,24 @@ impl Reader {
                     l.insert("stream".into(), stream.into());
                     Arc::new(l)
                 };
-                Decoder::Docker {
-                    decoder: DockerDecoder::new(src.max_line_bytes),
-                    stdout: mk("stdout"),
-                    stderr: mk("stderr"),
-                    safe_offset: start,
+                Decoder::Records {
+                    format: Format::Docker(DockerDecoder::new(src.max_line_bytes)),
+                    labels: [mk("stdout"), mk("stderr")],
+                }
+            }
+            SourceKind::Kubernetes => {
+                let (namespace, pod, container) = pod_of(&path);
+                let mk = |stream: &str| -> Labels {
+                    let mut l: BTreeMap<String, String> = src.labels.clone();
+                    l.insert("namespace".into(), namespace.clone());
+                    l.insert("pod".into(), pod.clone());
+                    l.insert("container".into(), container.clone());
+                    l.insert("stream".into(), stream.into());
+                    Arc::new(l)
+                };
+                Decoder::Records {
+                    format: Format::Cri(CriDecoder::new(src.max_line_bytes)),
+                    labels: [mk("stdout"), mk("stderr")],
                 }
             }
         };
@@ -363,6 +388,7 @@ impl Reader {
             start,
             src.max_line_bytes,
             decoder,
+            src.multiline.as_ref(),
         ) {
             Ok(w) => {
                 self.failures.clear(&path);
