@@ -43,7 +43,17 @@ struct Source {
     cfg: SourceConfig,
     include: GlobSet,
     exclude: GlobSet,
-    bases: Vec<PathBuf>,
+    bases: Vec<Base>,
+}
+
+/// A directory discovery walks, and how deep: patterns without `**` match files a fixed number
+/// of directories below their base, and the walk goes no deeper (`/var/log/*.log` reads
+/// `/var/log` only, not every directory under it).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Base {
+    dir: PathBuf,
+    /// Directories entered below `dir` at most; `None` for a pattern with `**`.
+    depth: Option<usize>,
 }
 
 impl std::fmt::Debug for Source {
@@ -62,32 +72,61 @@ fn globset(patterns: &[String]) -> anyhow::Result<GlobSet> {
     Ok(b.build()?)
 }
 
-/// The directory a pattern's matches all live under: its components before the first glob one.
-fn glob_base(pattern: &str) -> PathBuf {
-    let mut base = PathBuf::new();
-    for c in Path::new(pattern).components() {
+/// The directory a pattern's matches all live under (its components before the first glob one),
+/// and how many directories below it a match can lie.
+fn glob_base(pattern: &str) -> Base {
+    let mut dir = PathBuf::new();
+    let mut components = Path::new(pattern).components();
+    for c in components.by_ref() {
         let s = c.as_os_str().to_string_lossy();
         if s.contains(['*', '?', '[', '{']) {
-            return base;
+            let rest: Vec<String> = std::iter::once(s.into_owned())
+                .chain(components.map(|c| c.as_os_str().to_string_lossy().into_owned()))
+                .collect();
+            let depth = (!rest.iter().any(|c| c.contains("**"))).then(|| rest.len() - 1);
+            return Base { dir, depth };
         }
-        base.push(c);
+        dir.push(c);
     }
-    // A literal path: its parent is what gets walked.
-    base.parent().map(Path::to_path_buf).unwrap_or(base)
+    // A literal path: its parent is what gets walked, and only that directory.
+    Base {
+        dir: dir.parent().map(Path::to_path_buf).unwrap_or(dir),
+        depth: Some(0),
+    }
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) {
-    if depth > 32 {
-        return;
+/// The bases of `patterns`, one per directory, each as deep as its deepest pattern needs.
+fn glob_bases(patterns: &[String]) -> Vec<Base> {
+    let mut bases: Vec<Base> = Vec::new();
+    for base in patterns.iter().map(|p| glob_base(p)) {
+        match bases.iter_mut().find(|b| b.dir == base.dir) {
+            Some(known) => {
+                known.depth = match (known.depth, base.depth) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    _ => None,
+                }
+            }
+            None => bases.push(base),
+        }
     }
+    bases.sort();
+    bases
+}
+
+/// Collects the files under `dir`, entering directories at most `max_depth` levels down (and
+/// never more than 32, against link loops).
+fn walk(dir: &Path, out: &mut Vec<PathBuf>, depth: usize, max_depth: Option<usize>) {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return;
     };
+    let enter = depth < 32 && max_depth.is_none_or(|max| depth < max);
     for e in rd.flatten() {
         let Ok(ft) = e.file_type() else { continue };
         let p = e.path();
         if ft.is_dir() {
-            walk(&p, out, depth + 1);
+            if enter {
+                walk(&p, out, depth + 1, max_depth);
+            }
         } else {
             // Regular files and symlinks (followed when opened).
             out.push(p);
@@ -151,9 +190,7 @@ pub async fn run(
     for cfg in parts.sources {
         let include = globset(&cfg.include)?;
         let exclude = globset(&cfg.exclude)?;
-        let mut bases: Vec<PathBuf> = cfg.include.iter().map(|p| glob_base(p)).collect();
-        bases.sort();
-        bases.dedup();
+        let bases = glob_bases(&cfg.include);
         sources.push(Source {
             cfg,
             include,
@@ -211,9 +248,14 @@ pub async fn run(
         if structural.swap(false, Ordering::Relaxed) || Instant::now() >= next_discovery {
             if let Some(w) = fs_watch.as_mut() {
                 for s in &r.sources {
-                    for b in &s.bases {
+                    for Base { dir: b, depth } in &s.bases {
                         if !watched.contains(b) && b.is_dir() {
-                            match notify::Watcher::watch(w, b, notify::RecursiveMode::Recursive) {
+                            let mode = if *depth == Some(0) {
+                                notify::RecursiveMode::NonRecursive
+                            } else {
+                                notify::RecursiveMode::Recursive
+                            };
+                            match notify::Watcher::watch(w, b, mode) {
                                 Ok(()) => {
                                     watched.insert(b.clone());
                                 }
@@ -259,7 +301,7 @@ impl Reader {
         for (si, s) in self.sources.iter().enumerate() {
             let mut files = Vec::new();
             for b in &s.bases {
-                walk(b, &mut files, 0);
+                walk(&b.dir, &mut files, 0, b.depth);
             }
             for p in files {
                 if s.include.is_match(&p)
@@ -504,11 +546,47 @@ impl Reader {
 mod tests {
     use super::*;
 
+    fn base(dir: &str, depth: Option<usize>) -> Base {
+        Base {
+            dir: PathBuf::from(dir),
+            depth,
+        }
+    }
+
     #[test]
-    fn glob_base_is_the_literal_prefix() {
-        assert_eq!(glob_base("/var/log/**/*.log"), PathBuf::from("/var/log"));
-        assert_eq!(glob_base("/var/log/app.log"), PathBuf::from("/var/log"));
-        assert_eq!(glob_base("/d/*/*-json.log"), PathBuf::from("/d"));
+    fn glob_base_is_the_literal_prefix_and_the_depth_the_pattern_needs() {
+        assert_eq!(glob_base("/var/log/**/*.log"), base("/var/log", None));
+        assert_eq!(glob_base("/var/log/app.log"), base("/var/log", Some(0)));
+        assert_eq!(glob_base("/var/log/*.log"), base("/var/log", Some(0)));
+        assert_eq!(glob_base("/d/*/*-json.log"), base("/d", Some(1)));
+        assert_eq!(
+            glob_bases(&["/d/*.log".into(), "/d/*/*/x.log".into(), "/e/**/y".into()]),
+            vec![base("/d", Some(2)), base("/e", None)]
+        );
+    }
+
+    #[test]
+    fn discovery_walks_no_deeper_than_the_pattern_can_match() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for rel in ["a.log", "sub/b.log", "sub/deeper/c.log"] {
+            let p = root.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, b"x\n").unwrap();
+        }
+        let files = |max_depth| {
+            let mut out = Vec::new();
+            walk(root, &mut out, 0, max_depth);
+            let mut rel: Vec<String> = out
+                .iter()
+                .map(|p| p.strip_prefix(root).unwrap().display().to_string())
+                .collect();
+            rel.sort();
+            rel
+        };
+        assert_eq!(files(Some(0)), ["a.log"]);
+        assert_eq!(files(Some(1)), ["a.log", "sub/b.log"]);
+        assert_eq!(files(None), ["a.log", "sub/b.log", "sub/deeper/c.log"]);
     }
 
     #[test]
