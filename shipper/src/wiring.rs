@@ -250,10 +250,7 @@ fn spawn_sink(
             let settings = sink::loki::LokiSettings {
                 url: url.clone(),
                 tenant: tenant.clone(),
-                encoding: match encoding {
-                    crate::config::Encoding::Json => sink::loki::LokiEncoding::Json,
-                    crate::config::Encoding::Protobuf => sink::loki::LokiEncoding::Protobuf,
-                },
+                encoding: *encoding,
                 request_timeout: *request_timeout,
                 max_concurrency: *max_concurrency,
                 backoff_max: *backoff_max,

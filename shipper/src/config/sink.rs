@@ -71,14 +71,8 @@ const RESERVED_HEADERS: [(&str, &str); 7] = [
     ("x-scope-orgid", "use sink.tenant"),
 ];
 
-/// Loki push encodings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Encoding {
-    /// JSON, gzip-compressed.
-    Json,
-    /// Protobuf, snappy-compressed.
-    Protobuf,
-}
+/// Loki push encodings (Loki's wire, defined once in `diagtool_model::loki`).
+pub use diagtool_model::loki::Encoding;
 
 /// Where batches go.
 // Built once at start and matched once: the Loki variant's size costs nothing worth a Box.
@@ -201,14 +195,12 @@ fn loki(r: &Resolver<'_>, sink: SinkFile) -> Result<SinkKind, ConfigError> {
         ));
     }
     let encoding = match sink.encoding.as_deref() {
-        None | Some("json") => Encoding::Json,
-        Some("protobuf") => Encoding::Protobuf,
-        Some(o) => {
-            return Err(r.invalid(
-                "sink.encoding",
-                format!("unknown encoding '{o}': use \"json\" or \"protobuf\""),
-            ));
-        }
+        None => Encoding::default(),
+        Some(name) => name
+            .parse()
+            .map_err(|e: diagtool_model::loki::UnknownEncoding| {
+                r.invalid("sink.encoding", e.to_string())
+            })?,
     };
     let max_concurrency = sink
         .max_concurrency

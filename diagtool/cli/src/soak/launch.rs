@@ -68,7 +68,7 @@ fn shipper_config(profile: &Profile, layout: &Layout) -> String {
             Value::Table(table([
                 ("type", text("loki")),
                 ("url", text(&layout.loki_url)),
-                ("encoding", text(&s.encoding)),
+                ("encoding", text(s.encoding.name())),
                 (
                     "batch_max_bytes",
                     Value::Integer(i64::try_from(s.batch_max_bytes).unwrap_or(i64::MAX)),

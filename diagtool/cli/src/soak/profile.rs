@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::model::duration;
+use crate::model::loki::{Encoding, UnknownEncoding};
 
 /// A profile that cannot be used; the message names the file, the key and what is expected.
 #[derive(Debug, thiserror::Error)]
@@ -208,8 +209,8 @@ pub struct ShipperSpec {
     pub leak_lab: Vec<String>,
     /// `--leak-lab-fixed`: the lab's fixed versions (same spawns, every task ends).
     pub leak_lab_fixed: bool,
-    /// Loki push encoding: `json` or `protobuf`.
-    pub encoding: String,
+    /// Loki push encoding.
+    pub encoding: Encoding,
     /// The sink's batch wait (not scaled).
     pub batch_max_wait: Duration,
     /// The sink's batch size bound.
@@ -480,13 +481,12 @@ impl Profile {
 
         let shipper = {
             let s = &file.shipper;
-            let encoding = s.encoding.clone().unwrap_or_else(|| "json".to_owned());
-            if encoding != "json" && encoding != "protobuf" {
-                return Err(cx.invalid(
-                    "shipper.encoding",
-                    format!("{encoding:?}: use json or protobuf"),
-                ));
-            }
+            let encoding: Encoding = match &s.encoding {
+                None => Encoding::default(),
+                Some(name) => name
+                    .parse()
+                    .map_err(|e: UnknownEncoding| cx.invalid("shipper.encoding", e.to_string()))?,
+            };
             let mut leak_lab = Vec::new();
             for (i, spec) in s.leak_lab.iter().enumerate() {
                 leak_lab.push(scale_leak_spec(

@@ -45,7 +45,7 @@ fn full_profile_parses_at_its_nominal_duration() {
         p.shipper.leak_lab,
         ["poll-spawn:4/5000ms", "file-add-spawn"]
     );
-    assert_eq!(p.shipper.encoding, "protobuf");
+    assert_eq!(p.shipper.encoding, crate::model::loki::Encoding::Protobuf);
     assert_eq!(p.rotation.mode, RotationMode::Alternate);
     assert_eq!(p.faults[0].kind, FaultKind::Status(429));
     assert_eq!(p.faults[1].kind, FaultKind::Hang);
@@ -80,7 +80,7 @@ fn minimal_profile_takes_defaults_and_the_file_stem() {
     assert_eq!(p.name, "steady");
     assert_eq!(p.rotation.mode, RotationMode::None);
     assert_eq!(p.generator.line_bytes, 150);
-    assert_eq!(p.shipper.encoding, "json");
+    assert_eq!(p.shipper.encoding, crate::model::loki::Encoding::Json);
     assert!(p.faults.is_empty());
 }
 

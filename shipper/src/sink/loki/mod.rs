@@ -54,8 +54,8 @@ use self::send::{Outcome, RateLimitedLog, Target, Trouble};
 pub use self::tls::{LokiTls, TlsConfigError};
 use crate::event::Batch;
 
-/// The push path appended to [`LokiSettings::url`].
-pub const PUSH_PATH: &str = "/loki/api/v1/push";
+/// The push path appended to [`LokiSettings::url`], the body formats: Loki's wire, defined once.
+pub use diagtool_model::loki::{Encoding as LokiEncoding, PUSH_PATH, UnknownEncoding};
 
 /// Batches encoded at once, on the sink's one encoding thread ([`encoder`]). Each encoding holds
 /// the compressor's state and its output. Gzip at the fastest level keeps up with the reader on
@@ -91,16 +91,6 @@ pub struct LokiSettings {
     pub tls: LokiTls,
     /// Extra headers sent with every push (gateways); values are marked sensitive.
     pub headers: http::HeaderMap,
-}
-
-/// The body format of push requests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum LokiEncoding {
-    /// JSON, gzip-compressed (`Content-Encoding: gzip`).
-    #[default]
-    Json,
-    /// Protobuf, snappy-compressed (`Content-Type: application/x-protobuf`).
-    Protobuf,
 }
 
 impl LokiSettings {
@@ -185,24 +175,6 @@ impl LokiSettings {
             tenant,
             credentials,
         })
-    }
-}
-
-/// An encoding name that is neither `json` nor `protobuf`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown loki encoding {0:?}: use \"json\" or \"protobuf\"")]
-pub struct UnknownEncoding(pub String);
-
-impl std::str::FromStr for LokiEncoding {
-    type Err = UnknownEncoding;
-
-    /// Parses the config's `encoding`: `json` or `protobuf`.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "json" => Ok(Self::Json),
-            "protobuf" => Ok(Self::Protobuf),
-            other => Err(UnknownEncoding(other.to_owned())),
-        }
     }
 }
 

@@ -7,6 +7,7 @@
 mod faults;
 #[cfg(feature = "test-pki")]
 pub mod pki;
+mod push;
 pub mod receiver;
 mod secure;
 
