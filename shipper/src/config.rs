@@ -110,6 +110,7 @@ struct ServerFile {
     debug_token: Option<String>,
     console: Option<bool>,
     console_addr: Option<String>,
+    global_dump: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -197,6 +198,8 @@ pub struct ServerConfig {
     pub console: bool,
     /// Where tokio-console listens.
     pub console_addr: SocketAddr,
+    /// Allow tokio's stop-the-world task dump (`?mode=global`); off: it can wedge the runtime.
+    pub global_dump: bool,
 }
 
 /// Where a source starts in a file it has never seen.
@@ -487,6 +490,7 @@ impl Config {
                 server.console_addr.as_deref(),
                 "127.0.0.1:6669",
             )?,
+            global_dump: server.global_dump.unwrap_or(false),
         };
         if !server.console_addr.ip().is_loopback() {
             // tokio-console's protocol has no authentication, so no token can make this safe.
@@ -762,6 +766,14 @@ mod tests {
         );
         assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
         assert_eq!(c.sources[0].max_line_bytes, 256 * 1024);
+    }
+
+    #[test]
+    fn server_global_dump_is_off_unless_set() {
+        assert!(!Config::parse(MIN, "t").unwrap().server.global_dump);
+        let on = format!("[server]\nglobal_dump = true\n{MIN}");
+        assert!(Config::parse(&on, "t").unwrap().server.global_dump);
+        assert!(err(&format!("[server]\nglobal_dump = \"yes\"\n{MIN}")).contains("global_dump"));
     }
 
     #[test]
