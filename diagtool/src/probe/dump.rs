@@ -18,7 +18,7 @@
 //!   ([`DumpError::GlobalFused`]) rather than risk the miscounted barrier again.
 //!
 //! Either way: one dump at a time per dumper, at least [`Dumper::min_interval`] apart
-//! ([`DumpError::Running`], [`DumpError::TooSoon`]); raw traces are grouped by their addresses and
+//! ([`DumpError::Running`]; a request sooner than the interval waits out the rest of it); raw traces are grouped by their addresses and
 //! only one per group is symbolised, on a blocking thread of the runtime serving the request
 //! (under [`super::DebugServer`], the debug thread's own pool, never the service's).
 
@@ -117,17 +117,11 @@ pub enum DumpError {
     /// Another dump is running (one at a time).
     #[error("another task dump is running (one at a time); retry in a moment")]
     Running,
-    /// The previous dump ended less than the minimum interval ago.
-    #[error("task dumps are at least {min_interval:?} apart; retry in {retry_after:?}")]
-    TooSoon {
-        /// The dumper's minimum interval.
-        min_interval: Duration,
-        /// How long until a dump is accepted.
-        retry_after: Duration,
-    },
 }
 
-/// One dump at a time, at least `min_interval` apart, shared by a dumper's clones.
+/// One dump at a time, at least `min_interval` apart, shared by a dumper's clones. A request
+/// that comes sooner waits out the rest of the interval (at most `min_interval`) rather than
+/// fail: a client polling in a loop is slowed down, not refused.
 #[derive(Debug, Default)]
 struct Gate {
     running: AtomicBool,
@@ -138,22 +132,19 @@ struct Gate {
 struct Entered<'a>(&'a Gate);
 
 impl Gate {
-    fn enter(&self, min_interval: Duration) -> Result<Entered<'_>, DumpError> {
+    async fn enter(&self, min_interval: Duration) -> Result<Entered<'_>, DumpError> {
         if self.running.swap(true, Ordering::AcqRel) {
             return Err(DumpError::Running);
         }
+        let entered = Entered(self);
         let last_end = *self.last_end.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(end) = last_end {
             let elapsed = end.elapsed();
             if elapsed < min_interval {
-                self.running.store(false, Ordering::Release);
-                return Err(DumpError::TooSoon {
-                    min_interval,
-                    retry_after: min_interval - elapsed,
-                });
+                tokio::time::sleep(min_interval - elapsed).await;
             }
         }
-        Ok(Entered(self))
+        Ok(entered)
     }
 }
 
@@ -222,8 +213,8 @@ impl Dumper {
         self
     }
 
-    /// The least time between the end of one dump and the start of the next. Default
-    /// [`DEFAULT_MIN_INTERVAL`].
+    /// The least time between the end of one dump and the start of the next (a request sooner
+    /// waits for the rest). Default [`DEFAULT_MIN_INTERVAL`].
     pub fn min_interval(mut self, interval: Duration) -> Self {
         self.min_interval = interval;
         self
@@ -267,7 +258,7 @@ impl Dumper {
                 return Err(DumpError::GlobalFused(fused));
             }
         }
-        let _entered = self.gate.enter(self.min_interval)?;
+        let _entered = self.gate.enter(self.min_interval).await?;
         match mode {
             DumpMode::SelfTraced => self.dump_self(timeout).await,
             DumpMode::Global => self.dump_global(handle, timeout).await,

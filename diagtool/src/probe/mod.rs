@@ -250,7 +250,8 @@ impl ProbeBuilder {
     }
 
     /// The least time between the end of one task dump and the start of the next (a request
-    /// sooner gets 429). Default [`DEFAULT_MIN_DUMP_INTERVAL`] (100 ms), at most 1 minute.
+    /// sooner waits for the rest of the interval; one arriving while a dump runs gets 429).
+    /// Default [`DEFAULT_MIN_DUMP_INTERVAL`] (100 ms), at most 1 minute.
     pub fn min_dump_interval(mut self, interval: Duration) -> Self {
         self.min_dump_interval = interval;
         self

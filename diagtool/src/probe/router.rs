@@ -155,17 +155,11 @@ impl From<DumpError> for ApiError {
             DumpError::GlobalDisabled => (StatusCode::FORBIDDEN, "dump_global_off"),
             DumpError::GlobalFused(_) => (StatusCode::SERVICE_UNAVAILABLE, "dump_global_fused"),
             DumpError::Running => (StatusCode::TOO_MANY_REQUESTS, "dump_running"),
-            DumpError::TooSoon { .. } => (StatusCode::TOO_MANY_REQUESTS, "dump_too_soon"),
-        };
-        let retry_after = match &err {
-            DumpError::TooSoon { retry_after, .. } => {
-                Some(retry_after.as_secs_f64().ceil().max(1.0))
-            }
-            DumpError::Running => Some(1.0),
-            _ => None,
         };
         let mut api = ApiError::new(status, kind, err.to_string());
-        api.retry_after = retry_after.map(|s| s as u64);
+        if matches!(err, DumpError::Running) {
+            api.retry_after = Some(1);
+        }
         api
     }
 }
@@ -332,7 +326,8 @@ async fn index(State(probe): State<Probe>) -> Html<String> {
         (true, None) => "enabled (stops every worker at a barrier: a timed-out one can wedge the runtime, so it is fused after one timeout)".to_owned(),
     };
     html.push_str(&format!(
-        "<p>Limits: one task dump at a time, at least {interval:?} apart (429 otherwise); a dump \
+        "<p>Limits: one task dump at a time (429 otherwise), at least {interval:?} apart (a request \
+         sooner waits for the rest of the interval); a dump \
          waits at most <code>timeout_ms</code> (default {timeout:?}, at most {max:?}) for tasks to \
          trace themselves and then answers with what it has. One CPU profile at a time (409 \
          otherwise). <code>?mode=global</code> dumps: {global}.</p>\n",
