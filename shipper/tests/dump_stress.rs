@@ -212,6 +212,11 @@ fn stress(with_profiles: bool) {
     let stopping = Instant::now();
     let status = shipper.signal(libc::SIGTERM, SHUTDOWN_TIMEOUT + Duration::from_secs(10));
     let took = stopping.elapsed();
+    eprintln!(
+        "{written} lines written, {} received ({} distinct); SIGTERM to exit: {took:?}",
+        rx.count(),
+        rx.lines().into_iter().collect::<HashSet<_>>().len()
+    );
     assert!(status.success(), "exit status {status}");
     assert!(
         took <= SHUTDOWN_TIMEOUT + Duration::from_secs(1),

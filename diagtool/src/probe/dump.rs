@@ -32,7 +32,7 @@ use tokio::task::Id;
 
 use super::TaskRegistry;
 use super::dump_global;
-use super::dump_render::trace_key;
+use super::dump_render::TraceKeyer;
 use super::registry::LiveTask;
 use super::selftrace::{self, Answer};
 use super::snapshot::{round_ms, task_id_u64, unix_ms};
@@ -330,55 +330,92 @@ fn build_self(
     taken_at_ms: u64,
     timeout: Duration,
 ) -> Dump {
+    // Every distinct trace once, the two "not traced" lines first; tasks point into it.
+    let mut traces: Vec<Vec<String>> = vec![
+        vec![
+            "(not traced: spawned without the probe's wrapper (plain tokio::spawn), or not parked \
+             yet; spawn it with diagtool::probe::spawn_named or traced(), or ask ?mode=global, \
+             which stops the runtime)"
+                .to_owned(),
+        ],
+        vec![format!(
+            "(not traced: no answer within {timeout:?}: the task is busy in a long poll, its \
+             worker is blocked, or it was not scheduled in time)"
+        )],
+    ];
+    const UNWRAPPED_LINE: usize = 0;
+    const NO_ANSWER_LINE: usize = 1;
     let mut by_raw: HashMap<(u64, u64), usize> = HashMap::new();
-    let mut resolved: Vec<Vec<String>> = Vec::new();
-    let unwrapped = vec![format!(
-        "(not traced: spawned without the probe's wrapper (plain tokio::spawn), or not parked yet; \
-         spawn it with diagtool::probe::spawn_named or traced(), or ask ?mode=global, which stops the runtime)"
-    )];
-    let no_answer = vec![format!(
-        "(not traced: no answer within {timeout:?}: the task is busy in a long poll, its worker is \
-         blocked, or it was not scheduled in time)"
-    )];
+    let mut keyer = TraceKeyer::default();
     let mut counts = NotTraced::default();
-    let mut tasks = Vec::with_capacity(live.len());
+    let mut rows: Vec<(u64, &LiveTask, usize)> = Vec::with_capacity(live.len());
     for (id, task) in live {
-        let (trace, reason) = match answers.get(id) {
+        let index = match answers.get(id) {
             Some(Some(Answer::Traced(trace))) => {
-                let raw = trace_key(trace);
-                let index = *by_raw.entry(raw).or_insert_with(|| {
-                    resolved.push(frames(trace));
-                    resolved.len() - 1
-                });
-                (resolved[index].clone(), None)
+                *by_raw.entry(keyer.key(trace)).or_insert_with(|| {
+                    traces.push(frames(trace));
+                    traces.len() - 1
+                })
             }
             Some(_) => {
                 counts.no_answer += 1;
-                (no_answer.clone(), Some(NO_ANSWER))
+                NO_ANSWER_LINE
             }
             None => {
                 counts.unwrapped += 1;
-                (unwrapped.clone(), Some(UNWRAPPED))
+                UNWRAPPED_LINE
             }
         };
-        tasks.push(DumpTask {
-            id: task_id_u64(*id),
+        rows.push((task_id_u64(*id), task, index));
+    }
+    rows.sort_unstable_by_key(|row| row.0);
+    // Groups by (site, trace index): no hashing of frame text.
+    let mut sizes: HashMap<(&str, usize), u64> = HashMap::new();
+    for (_, task, index) in &rows {
+        *sizes.entry((task.site.as_str(), *index)).or_insert(0) += 1;
+    }
+    let mut groups: Vec<DumpGroup> = sizes
+        .into_iter()
+        .map(|((site, index), count)| DumpGroup {
+            count,
+            site: site.to_owned(),
+            trace: traces[index].clone(),
+        })
+        .collect();
+    sort_groups(&mut groups);
+    let tasks = rows
+        .into_iter()
+        .map(|(id, task, index)| DumpTask {
+            id,
             site: task.site.clone(),
             name: task.name.clone(),
             age_s: round_ms(task.age_s),
-            trace,
-            not_traced: reason.map(str::to_owned),
-        });
-    }
-    tasks.sort_by_key(|task| task.id);
+            trace: traces[index].clone(),
+            not_traced: match index {
+                UNWRAPPED_LINE => Some(UNWRAPPED.to_owned()),
+                NO_ANSWER_LINE => Some(NO_ANSWER.to_owned()),
+                _ => None,
+            },
+        })
+        .collect();
     Dump {
         schema: DUMP_SCHEMA.to_owned(),
         taken_at_ms,
-        groups: group(&tasks),
         tasks,
+        groups,
         mode: Some(DumpMode::SelfTraced.name().to_owned()),
         not_traced: Some(counts),
     }
+}
+
+/// Largest group first (ties by site, then trace).
+fn sort_groups(groups: &mut [DumpGroup]) {
+    groups.sort_by(|a, b| {
+        b.count
+            .cmp(&a.count)
+            .then_with(|| a.site.cmp(&b.site))
+            .then_with(|| a.trace.cmp(&b.trace))
+    });
 }
 
 /// Groups tasks by identical site and trace, largest group first (ties by site, then trace).
@@ -397,12 +434,7 @@ pub fn group(tasks: &[DumpTask]) -> Vec<DumpGroup> {
             trace: trace.to_vec(),
         })
         .collect();
-    groups.sort_by(|a, b| {
-        b.count
-            .cmp(&a.count)
-            .then_with(|| a.site.cmp(&b.site))
-            .then_with(|| a.trace.cmp(&b.trace))
-    });
+    sort_groups(&mut groups);
     groups
 }
 

@@ -21,7 +21,7 @@ use tokio::runtime::Handle;
 use tokio::task::Id;
 
 use super::dump::{DumpError, UNKNOWN_SITE, group};
-use super::dump_render::{frames, trace_key};
+use super::dump_render::{TraceKeyer, frames};
 use super::registry::LiveTask;
 use super::snapshot::{round_ms, task_id_u64};
 use crate::model::{DUMP_SCHEMA, Dump, DumpTask};
@@ -126,14 +126,13 @@ pub(crate) fn build(
     live: &HashMap<Id, LiveTask>,
     taken_at_ms: u64,
 ) -> Dump {
-    // The Debug text of an unresolved trace is its list of instruction addresses (tokio offers no
-    // other view of them): streamed into a 128-bit hash, it keys "same trace" without symbols and
-    // without building a string per task.
+    // Keyed by the unresolved trace's addresses (see `TraceKeyer`): one symbolised per group.
     let mut by_raw: HashMap<(u64, u64), usize> = HashMap::new();
     let mut resolved: Vec<Vec<String>> = Vec::new();
     let mut tasks = Vec::new();
+    let mut keyer = TraceKeyer::default();
     for task in traced.tasks().iter() {
-        let raw = trace_key(task.trace());
+        let raw = keyer.key(task.trace());
         let index = *by_raw.entry(raw).or_insert_with(|| {
             resolved.push(frames(task.trace()));
             resolved.len() - 1
