@@ -174,6 +174,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
     let probe = diagtool_probe::Probe::builder("shipper")
         .addr(config.server.debug_addr)
         .token(config.server.debug_token.clone())
+        .global_dump(config.server.global_dump)
+        .with_global_dump_env()
+        .map_err(|e| Failure::Config(e.into()))?
         .install(&mut builder)
         .map_err(|e| Failure::Config(e.into()))?;
     let console = init_tracing(&config);

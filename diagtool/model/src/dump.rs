@@ -20,6 +20,22 @@ pub struct Dump {
     pub tasks: Vec<DumpTask>,
     /// Tasks grouped by identical site and trace, largest first.
     pub groups: Vec<DumpGroup>,
+    /// How the dump was taken: `self` (tasks traced themselves; the default, never stops the
+    /// runtime) or `global` (tokio's stop-the-world dump, opt-in). Absent in older dumps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// How many listed tasks were not traced, by reason (`self` dumps only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_traced: Option<NotTraced>,
+}
+
+/// Counts of the tasks a dump lists without a trace, by reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotTraced {
+    /// Spawned without the probe's wrapper (plain `tokio::spawn`), or not parked yet.
+    pub unwrapped: u64,
+    /// Wrapped, but no answer within the dump's timeout (a long poll, a blocked worker).
+    pub no_answer: u64,
 }
 
 impl Dump {
@@ -41,8 +57,12 @@ pub struct DumpTask {
     pub name: Option<String>,
     /// Seconds since the task was spawned (0 when unknown).
     pub age_s: f64,
-    /// The await trace of the task's last poll, outermost frame first, leaf last.
+    /// The await trace of the task's last poll, outermost frame first, leaf last. For a task
+    /// not traced, one line saying why.
     pub trace: Vec<String>,
+    /// Why the task was not traced (`unwrapped` or `no_answer`); absent when it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_traced: Option<String>,
 }
 
 /// Tasks sharing a site and a trace.

@@ -4,8 +4,10 @@
 //! cargo run --release -p diagtool-probe --example bench_dump -- [TASKS...]
 //! ```
 //! For each TASKS (default 1000 10000 100000) parks that many tasks on a channel, then times one
-//! snapshot (`?debug=2` detail included) and one task dump, and prints one JSON line:
-//! `{"points":[{"tasks":N,"snapshot_ms":X,"snapshot_bytes":N,"dump_ms":X,"dump_groups":N}]}`.
+//! snapshot (`?debug=2` detail included), one task dump (the default mode: the tasks trace
+//! themselves) and one global dump (tokio's `Handle::dump()`, for comparison), and prints one
+//! JSON line: `{"points":[{"tasks":N,"snapshot_ms":X,"snapshot_bytes":N,"dump_ms":X,
+//! "dump_groups":N,"dump_traced":N,"global_dump_ms":X}]}`.
 
 fn main() {
     use std::time::{Duration, Instant};
@@ -35,7 +37,10 @@ fn main() {
         .enable_all()
         .build()
         .unwrap_or_else(|err| panic!("cannot build a runtime: {err}"));
-    let dumper = Dumper::new(registry.clone());
+    // Both modes, back to back: no minimum interval between them.
+    let dumper = Dumper::new(registry.clone())
+        .global_dump(true)
+        .min_interval(Duration::ZERO);
     let mut points = Vec::new();
     for n in counts {
         let point = rt.block_on(async {
@@ -46,18 +51,39 @@ fn main() {
             let snap = snapshot::take(&registry, "bench", Some(&tokio::runtime::Handle::current()), true);
             let bytes = serde_json::to_vec(&snap).map(|b| b.len()).unwrap_or(0);
             let snapshot_ms = started.elapsed().as_secs_f64() * 1e3;
+            // The first dump of a process also loads the binary's debug info for symbolising
+            // (cached from then on): timed apart as `dump_first_ms`.
+            let started = Instant::now();
+            let _ = dumper
+                .dump(&tokio::runtime::Handle::current(), Duration::from_secs(60))
+                .await;
+            let first_ms = started.elapsed().as_secs_f64() * 1e3;
             let started = Instant::now();
             let dump = dumper
                 .dump(&tokio::runtime::Handle::current(), Duration::from_secs(60))
                 .await
                 .unwrap_or_else(|err| panic!("dump failed: {err}"));
             let dump_ms = started.elapsed().as_secs_f64() * 1e3;
+            let traced = dump.tasks.iter().filter(|t| t.not_traced.is_none()).count();
+            let started = Instant::now();
+            let global = dumper
+                .dump_mode(
+                    &tokio::runtime::Handle::current(),
+                    Duration::from_secs(60),
+                    diagtool_probe::DumpMode::Global,
+                )
+                .await;
+            let global_ms = started.elapsed().as_secs_f64() * 1e3;
+            let global = match global {
+                Ok(_) => format!("{global_ms:.1}"),
+                Err(err) => serde_json::to_string(&err.to_string()).unwrap_or_default(),
+            };
             let _ = tx.send(true);
             for handle in handles {
                 let _ = handle.await;
             }
             format!(
-                "{{\"tasks\":{n},\"snapshot_ms\":{snapshot_ms:.1},\"snapshot_bytes\":{bytes},\"dump_ms\":{dump_ms:.1},\"dump_groups\":{}}}",
+                "{{\"tasks\":{n},\"snapshot_ms\":{snapshot_ms:.1},\"snapshot_bytes\":{bytes},\"dump_ms\":{dump_ms:.1},\"dump_first_ms\":{first_ms:.1},\"dump_groups\":{},\"dump_traced\":{traced},\"global_dump_ms\":{global}}}",
                 dump.groups.len()
             )
         });

@@ -9,7 +9,10 @@
 //!
 //! Each child builds a 2-worker runtime, spawns and joins `--tasks` trivial tasks in batches from
 //! a task running on a worker (so spawns take the worker's local queue, as they do in a service),
-//! after a warm-up batch, and prints `ns_per_task X`.
+//! after a warm-up batch, and prints `ns_per_task X`. It then times tasks that park once (a
+//! yield) and the polls of one task that yields 2M times; in `traced` mode (the registry plus
+//! the probe's `Traced` wrapper, as `spawn_named` spawns) these show the wrapper's cost: its
+//! board entry for a task that parks, and its per-poll check.
 
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
@@ -28,6 +31,8 @@ const DEFAULT_BATCH: u64 = 1_000;
 enum Mode {
     Plain,
     Registry,
+    /// The registry, and every task wrapped in the probe's `Traced` (what `spawn_named` does).
+    Traced,
     Console,
 }
 
@@ -36,6 +41,7 @@ impl Mode {
         match self {
             Mode::Plain => "plain",
             Mode::Registry => "registry",
+            Mode::Traced => "traced",
             Mode::Console => "console",
         }
     }
@@ -44,8 +50,9 @@ impl Mode {
         Ok(match text {
             "plain" => Mode::Plain,
             "registry" => Mode::Registry,
+            "traced" => Mode::Traced,
             "console" => Mode::Console,
-            other => bail!("mode {other:?} is unknown: use plain, registry or console"),
+            other => bail!("mode {other:?} is unknown: use plain, registry, traced or console"),
         })
     }
 }
@@ -117,7 +124,7 @@ fn child(mode: Mode, options: &Options) -> Result<()> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.worker_threads(2).enable_all();
     let _registry = match mode {
-        Mode::Registry => Some(diagtool_probe::TaskRegistry::install(&mut builder)),
+        Mode::Registry | Mode::Traced => Some(diagtool_probe::TaskRegistry::install(&mut builder)),
         Mode::Plain => None,
         Mode::Console => {
             // As tokio-console's README has users do it, on a free loopback port so parallel
@@ -139,14 +146,22 @@ fn child(mode: Mode, options: &Options) -> Result<()> {
         options.tasks
     };
     let batch = options.batch.min(tasks);
-    let (elapsed, cpu_ms) = runtime.block_on(async move {
+    let wrapped = mode == Mode::Traced;
+    let park_tasks = (tasks / 5).max(1);
+    let (elapsed, cpu_ms, parked, polled) = runtime.block_on(async move {
         // The loop runs on a worker, like a service's own tasks.
         tokio::spawn(async move {
-            spawn_join(batch, batch).await;
+            spawn_join(batch, batch, wrapped).await;
             let cpu_start = process_cpu_ms();
             let start = Instant::now();
-            spawn_join(tasks, batch).await;
-            (start.elapsed(), process_cpu_ms() - cpu_start)
+            spawn_join(tasks, batch, wrapped).await;
+            let spawned = (start.elapsed(), process_cpu_ms() - cpu_start);
+            // Tasks that park once: a wrapped one joins the trace board (and leaves it).
+            let start = Instant::now();
+            park_join(park_tasks, batch, wrapped).await;
+            let parked = start.elapsed();
+            let polled = polls(POLLS, wrapped).await;
+            (spawned.0, spawned.1, parked, polled)
         })
         .await
     })?;
@@ -155,6 +170,11 @@ fn child(mode: Mode, options: &Options) -> Result<()> {
         "ns_per_task {:.1} cpu_ns_per_task {:.1}",
         elapsed.as_nanos() as f64 / tasks as f64,
         cpu_ms * 1e6 / tasks as f64
+    );
+    println!(
+        "park_ns_per_task {:.1} ns_per_poll {:.2}",
+        parked.as_nanos() as f64 / park_tasks as f64,
+        polled.as_nanos() as f64 / POLLS as f64
     );
     Ok(())
 }
@@ -171,13 +191,21 @@ fn process_cpu_ms() -> f64 {
     ms(usage.ru_utime) + ms(usage.ru_stime)
 }
 
-async fn spawn_join(tasks: u64, batch: u64) {
+/// Polls of one parked task measured for the per-poll cost.
+const POLLS: u64 = 2_000_000;
+
+async fn spawn_join(tasks: u64, batch: u64, wrapped: bool) {
     let mut handles = Vec::with_capacity(batch as usize);
     let mut left = tasks;
     while left > 0 {
         let n = left.min(batch);
         for i in 0..n {
-            handles.push(tokio::spawn(async move { std::hint::black_box(i) }));
+            let task = async move { std::hint::black_box(i) };
+            handles.push(if wrapped {
+                tokio::spawn(diagtool_probe::traced(task))
+            } else {
+                tokio::spawn(task)
+            });
         }
         for handle in handles.drain(..) {
             let _ = std::hint::black_box(handle.await);
@@ -186,11 +214,55 @@ async fn spawn_join(tasks: u64, batch: u64) {
     }
 }
 
+/// Spawns and joins `tasks` tasks that each park once (a yield) before they end.
+async fn park_join(tasks: u64, batch: u64, wrapped: bool) {
+    let mut handles = Vec::with_capacity(batch as usize);
+    let mut left = tasks;
+    while left > 0 {
+        let n = left.min(batch);
+        for i in 0..n {
+            let task = async move {
+                tokio::task::yield_now().await;
+                std::hint::black_box(i)
+            };
+            handles.push(if wrapped {
+                tokio::spawn(diagtool_probe::traced(task))
+            } else {
+                tokio::spawn(task)
+            });
+        }
+        for handle in handles.drain(..) {
+            let _ = std::hint::black_box(handle.await);
+        }
+        left -= n;
+    }
+}
+
+/// How long `polls` polls of one task take: it yields `polls` times (each yield ends a poll).
+async fn polls(polls: u64, wrapped: bool) -> Duration {
+    let task = async move {
+        let start = Instant::now();
+        for _ in 0..polls {
+            tokio::task::yield_now().await;
+        }
+        start.elapsed()
+    };
+    let handle = if wrapped {
+        tokio::spawn(diagtool_probe::traced(task))
+    } else {
+        tokio::spawn(task)
+    };
+    handle.await.unwrap_or_default()
+}
+
 /// One child's figures: wall and CPU nanoseconds per spawn+join.
 #[derive(Debug, Clone, Copy)]
 struct Run {
     wall_ns: f64,
     cpu_ns: f64,
+    /// Per spawn+park+join, and per poll of a parked task.
+    park_ns: f64,
+    poll_ns: f64,
 }
 
 fn run_child(mode: Mode, options: &Options) -> Result<Run> {
@@ -212,6 +284,18 @@ fn run_child(mode: Mode, options: &Options) -> Result<Run> {
             String::from_utf8_lossy(&output.stderr)
         );
     }
+    let (park_ns, poll_ns) = stdout
+        .lines()
+        .find_map(|line| {
+            let mut words = line.split_whitespace();
+            match (words.next(), words.next(), words.next(), words.next()) {
+                (Some("park_ns_per_task"), Some(park), Some("ns_per_poll"), Some(poll)) => {
+                    Some((park.parse().ok()?, poll.parse().ok()?))
+                }
+                _ => None,
+            }
+        })
+        .unwrap_or((0.0, 0.0));
     stdout
         .lines()
         .find_map(|line| {
@@ -221,6 +305,8 @@ fn run_child(mode: Mode, options: &Options) -> Result<Run> {
                     Some(Run {
                         wall_ns: wall.parse().ok()?,
                         cpu_ns: cpu.parse().ok()?,
+                        park_ns,
+                        poll_ns,
                     })
                 }
                 _ => None,
@@ -249,10 +335,13 @@ fn driver(options: &Options) -> Result<()> {
     let mut plain = Vec::new();
     let mut registry = Vec::new();
     let mut console = Vec::new();
+    let mut traced = Vec::new();
+    let (mut plain_park, mut traced_park, mut plain_poll, mut traced_poll) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut plain_cpu, mut registry_cpu, mut console_cpu) = (Vec::new(), Vec::new(), Vec::new());
     let mut ratios = Vec::new();
     for round in 0..options.rounds {
-        let mut order = vec![Mode::Plain, Mode::Registry];
+        let mut order = vec![Mode::Plain, Mode::Registry, Mode::Traced];
         if round < options.console_rounds {
             order.push(Mode::Console);
         }
@@ -278,10 +367,19 @@ fn driver(options: &Options) -> Result<()> {
                     registry_cpu.push(run.cpu_ns);
                     this_round.1 = Some(ns);
                 }
+                Mode::Traced => {
+                    traced.push(ns);
+                    traced_park.push(run.park_ns);
+                    traced_poll.push(run.poll_ns);
+                }
                 Mode::Console => {
                     console.push(ns);
                     console_cpu.push(run.cpu_ns);
                 }
+            }
+            if mode == Mode::Plain {
+                plain_park.push(run.park_ns);
+                plain_poll.push(run.poll_ns);
             }
         }
         if let (Some(p), Some(r)) = this_round {
@@ -291,6 +389,9 @@ fn driver(options: &Options) -> Result<()> {
     let plain_ns = median(&mut plain);
     let registry_ns = median(&mut registry);
     let console_ns = median(&mut console);
+    let traced_ns = median(&mut traced);
+    let (plain_park, traced_park) = (median(&mut plain_park), median(&mut traced_park));
+    let (plain_poll, traced_poll) = (median(&mut plain_poll), median(&mut traced_poll));
     let paired = median(&mut ratios);
     let plain_cpu = median(&mut plain_cpu);
     let registry_cpu = median(&mut registry_cpu);
@@ -322,6 +423,14 @@ fn driver(options: &Options) -> Result<()> {
         "console_cpu_ns": round1(console_cpu),
         "registry_cpu_ratio": round3(registry_cpu / plain_cpu),
         "console_cpu_ratio": round3(console_cpu / plain_cpu),
+        "traced_ns": round1(traced_ns),
+        "traced_ratio": round3(traced_ns / plain_ns),
+        "plain_park_ns": round1(plain_park),
+        "traced_park_ns": round1(traced_park),
+        "traced_park_ratio": round3(traced_park / plain_park),
+        "plain_poll_ns": round1(plain_poll),
+        "traced_poll_ns": round1(traced_poll),
+        "traced_poll_ratio": round3(traced_poll / plain_poll),
     });
     println!("{doc}");
     Ok(())

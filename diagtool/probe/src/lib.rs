@@ -48,10 +48,13 @@
 pub mod console;
 pub mod cpu;
 pub mod dump;
+mod dump_global;
+mod dump_render;
 pub mod process;
 pub mod registry;
 pub mod router;
 pub mod runtime;
+pub mod selftrace;
 pub mod server;
 pub mod snapshot;
 pub mod spawn;
@@ -64,7 +67,7 @@ use diagtool_model::pprof;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-pub use dump::{DumpError, Dumper};
+pub use dump::{DumpError, DumpMode, Dumper};
 pub use process::process_stats;
 pub use registry::{LiveTask, SiteCounts, TaskRegistry, Totals, format_site, short_path};
 pub use router::{check_bind, router, serve};
@@ -88,6 +91,10 @@ pub const ENV_ADDR: &str = "DIAGTOOL_PROBE_ADDR";
 pub const ENV_TOKEN: &str = "DIAGTOOL_PROBE_TOKEN";
 /// Environment variable for the default dump timeout, in milliseconds.
 pub const ENV_DUMP_TIMEOUT_MS: &str = "DIAGTOOL_PROBE_DUMP_TIMEOUT_MS";
+/// Environment variable enabling tokio's global (stop-the-world) dump: `1`/`true` or `0`/`false`.
+pub const ENV_GLOBAL_DUMP: &str = "DIAGTOOL_PROBE_GLOBAL_DUMP";
+/// Default least time between two task dumps.
+pub const DEFAULT_MIN_DUMP_INTERVAL: Duration = dump::DEFAULT_MIN_INTERVAL;
 
 /// A probe misconfigured or unable to serve.
 #[derive(Debug, thiserror::Error)]
@@ -193,6 +200,8 @@ pub struct ProbeBuilder {
     token: Option<String>,
     dump_timeout: Duration,
     cpu_frequency_hz: i32,
+    global_dump: bool,
+    min_dump_interval: Duration,
 }
 
 impl ProbeBuilder {
@@ -204,6 +213,8 @@ impl ProbeBuilder {
             token: None,
             dump_timeout: DEFAULT_DUMP_TIMEOUT,
             cpu_frequency_hz: DEFAULT_CPU_FREQUENCY_HZ,
+            global_dump: false,
+            min_dump_interval: DEFAULT_MIN_DUMP_INTERVAL,
         }
     }
 
@@ -234,8 +245,53 @@ impl ProbeBuilder {
         self
     }
 
+    /// Allows tokio's global task dump (`?mode=global`), which stops every worker of the
+    /// service's runtime at a barrier: with tokio 1.54.1 one that times out can leave the runtime
+    /// wedged (shipping stops, SIGTERM ignored; tokio PR #8370), so after one timeout the probe
+    /// refuses further global dumps. Default off; env [`ENV_GLOBAL_DUMP`]. The default dump
+    /// (tasks tracing themselves) needs no opt-in.
+    pub fn global_dump(mut self, enabled: bool) -> Self {
+        self.global_dump = enabled;
+        self
+    }
+
+    /// The least time between the end of one task dump and the start of the next (a request
+    /// sooner waits for the rest of the interval; one arriving while a dump runs gets 429).
+    /// Default [`DEFAULT_MIN_DUMP_INTERVAL`] (100 ms), at most 1 minute.
+    pub fn min_dump_interval(mut self, interval: Duration) -> Self {
+        self.min_dump_interval = interval;
+        self
+    }
+
+    /// Overrides [`ProbeBuilder::global_dump`] from [`ENV_GLOBAL_DUMP`] only, for hosts that take
+    /// their other settings from a file of their own.
+    pub fn with_global_dump_env(self) -> Result<Self, ProbeError> {
+        self.global_dump_from(|var| std::env::var(var).ok())
+    }
+
+    fn global_dump_from(
+        mut self,
+        get: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ProbeError> {
+        if let Some(value) = get(ENV_GLOBAL_DUMP) {
+            self.global_dump = match value.trim() {
+                "1" | "true" => true,
+                "0" | "false" | "" => false,
+                _ => {
+                    return Err(ProbeError::BadEnv {
+                        var: ENV_GLOBAL_DUMP,
+                        value,
+                        reason: "expected 1 or true (enable tokio's global dump, at its risk), 0 or false",
+                    });
+                }
+            };
+        }
+        Ok(self)
+    }
+
     /// Overrides settings from the environment ([`ENV_ADDR`], [`ENV_TOKEN`],
-    /// [`ENV_DUMP_TIMEOUT_MS`]); the only place the probe reads the environment.
+    /// [`ENV_DUMP_TIMEOUT_MS`], [`ENV_GLOBAL_DUMP`]); the only place the probe reads the
+    /// environment.
     pub fn with_default_env(self) -> Result<Self, ProbeError> {
         self.with_env(|var| std::env::var(var).ok())
     }
@@ -259,7 +315,7 @@ impl ProbeBuilder {
             })?;
             self.dump_timeout = Duration::from_millis(ms);
         }
-        Ok(self)
+        self.global_dump_from(get)
     }
 
     /// Checks the settings, installs the task hooks on `runtime` and returns the probe.
@@ -284,8 +340,16 @@ impl ProbeBuilder {
                 self.cpu_frequency_hz
             )));
         }
+        if self.min_dump_interval > Duration::from_secs(60) {
+            return Err(ProbeError::BadSetting(format!(
+                "minimum dump interval {:?} is out of range: use 0 to 60 s",
+                self.min_dump_interval
+            )));
+        }
         Ok(Probe {
-            dumper: Dumper::new(registry.clone()),
+            dumper: Dumper::new(registry.clone())
+                .global_dump(self.global_dump)
+                .min_interval(self.min_dump_interval),
             registry,
             service: self.service.into(),
             addr: self.addr,
@@ -457,6 +521,21 @@ mod tests {
             .with_env(env(&[(ENV_DUMP_TIMEOUT_MS, "5s")]))
             .expect_err("bad timeout");
         assert!(err.to_string().contains(ENV_DUMP_TIMEOUT_MS), "{err}");
+
+        assert!(!ProbeBuilder::new("s").global_dump);
+        let on = ProbeBuilder::new("s")
+            .with_env(env(&[(ENV_GLOBAL_DUMP, "1")]))
+            .expect("valid");
+        assert!(on.global_dump);
+        let off = ProbeBuilder::new("s")
+            .global_dump(true)
+            .with_env(env(&[(ENV_GLOBAL_DUMP, "false")]))
+            .expect("valid");
+        assert!(!off.global_dump);
+        let err = ProbeBuilder::new("s")
+            .with_env(env(&[(ENV_GLOBAL_DUMP, "yes please")]))
+            .expect_err("bad flag");
+        assert!(err.to_string().contains(ENV_GLOBAL_DUMP), "{err}");
     }
 
     #[test]

@@ -32,7 +32,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use super::cpu::{self, CpuError};
-use super::dump::{self, DumpError};
+use super::dump::{self, DumpError, DumpMode};
 use super::{MAX_DUMP_TIMEOUT, Probe, ProbeError};
 
 /// Refuses a non-loopback `addr` without a token: dumps and profiles reveal the service's code
@@ -111,6 +111,8 @@ pub struct ApiError {
     status: StatusCode,
     kind: &'static str,
     message: String,
+    /// Seconds for a `Retry-After` header (rate-limited dumps).
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -119,6 +121,7 @@ impl ApiError {
             status,
             kind,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -133,18 +136,31 @@ impl IntoResponse for ApiError {
         tracing::warn!(status = %self.status, kind = self.kind, error = %self.message, "debug request failed");
         metrics::counter!("diagtool_probe_request_errors_total", "kind" => self.kind).increment(1);
         let body = serde_json::json!({ "error": self.message });
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
 impl From<DumpError> for ApiError {
     fn from(err: DumpError) -> Self {
-        let kind = match err {
-            DumpError::Timeout(_) => "dump_timeout",
-            DumpError::Busy { .. } => "dump_busy",
-            DumpError::Resolve(_) => "dump_resolve",
+        let (status, kind) = match err {
+            DumpError::Timeout(_) => (StatusCode::SERVICE_UNAVAILABLE, "dump_timeout"),
+            DumpError::Busy { .. } => (StatusCode::SERVICE_UNAVAILABLE, "dump_busy"),
+            DumpError::Resolve(_) => (StatusCode::SERVICE_UNAVAILABLE, "dump_resolve"),
+            DumpError::GlobalDisabled => (StatusCode::FORBIDDEN, "dump_global_off"),
+            DumpError::GlobalFused(_) => (StatusCode::SERVICE_UNAVAILABLE, "dump_global_fused"),
+            DumpError::Running => (StatusCode::TOO_MANY_REQUESTS, "dump_running"),
         };
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, kind, err.to_string())
+        let mut api = ApiError::new(status, kind, err.to_string());
+        if matches!(err, DumpError::Running) {
+            api.retry_after = Some(1);
+        }
+        api
     }
 }
 
@@ -201,6 +217,18 @@ struct Params {
     format: Option<String>,
     timeout_ms: Option<String>,
     seconds: Option<String>,
+    mode: Option<String>,
+}
+
+fn parse_mode(value: Option<&str>) -> Result<DumpMode, ApiError> {
+    match value {
+        None => Ok(DumpMode::SelfTraced),
+        Some(v) => DumpMode::parse(v).ok_or_else(|| {
+            ApiError::bad_param(format!(
+                "mode={v:?} is invalid: use self (the default, safe) or global (stops the runtime; opt-in)"
+            ))
+        }),
+    }
 }
 
 fn parse_debug(value: Option<&str>, default: u8) -> Result<u8, ApiError> {
@@ -252,7 +280,10 @@ async fn index(State(probe): State<Probe>) -> Html<String> {
         ("tasks", "live tasks by spawn site (JSON)"),
         ("tasks?format=text", "the same, as text"),
         ("tasks?debug=2", "with every live task"),
-        ("tasks/dump", "task dump: where each task waits (JSON)"),
+        (
+            "tasks/dump",
+            "task dump: where each task waits (JSON); safe in production",
+        ),
         (
             "pprof/tasks?debug=1",
             "task dump grouped by trace, largest first",
@@ -275,7 +306,7 @@ async fn index(State(probe): State<Probe>) -> Html<String> {
     let mut html = format!(
         "<!DOCTYPE html>\n<html><head><title>/debug/ {service}</title></head><body>\n\
          <h1>/debug/ &mdash; {service}</h1>\n<p>{live} live tasks ({spawned} spawned). \
-         Profiles take <code>seconds</code> (default {def}, at most {max}).</p>\n<table>\n",
+         Profiles take <code>seconds</code> (default {def}, at most {max}).</p>\n",
         service = escape_html(probe.service()),
         live = totals.live,
         spawned = totals.spawned,
@@ -288,6 +319,24 @@ async fn index(State(probe): State<Probe>) -> Html<String> {
             escape_html(&warning)
         ));
     }
+    let dumper = probe.dumper();
+    let global = match (dumper.global_enabled(), dumper.global_fused()) {
+        (false, _) => "off (the service did not opt in: it stops every worker at a barrier)".to_owned(),
+        (true, Some(after)) => format!("off for this process: one timed out after {after:?}"),
+        (true, None) => "enabled (stops every worker at a barrier: a timed-out one can wedge the runtime, so it is fused after one timeout)".to_owned(),
+    };
+    html.push_str(&format!(
+        "<p>Limits: one task dump at a time (429 otherwise), at least {interval:?} apart (a request \
+         sooner waits for the rest of the interval); a dump \
+         waits at most <code>timeout_ms</code> (default {timeout:?}, at most {max:?}) for tasks to \
+         trace themselves and then answers with what it has. One CPU profile at a time (409 \
+         otherwise). <code>?mode=global</code> dumps: {global}.</p>\n",
+        interval = dumper.interval(),
+        timeout = probe.dump_timeout(),
+        max = MAX_DUMP_TIMEOUT,
+        global = escape_html(&global),
+    ));
+    html.push_str("<table>\n");
     for (path, what) in rows {
         html.push_str(&format!(
             "<tr><td><a href=\"/debug/{path}\">{path}</a></td><td>{what}</td></tr>\n"
@@ -323,7 +372,11 @@ async fn tasks(
 }
 
 /// Dumps the probe's host runtime (set by [`super::DebugServer`]), else the one serving the request.
-async fn take_dump(probe: &Probe, timeout: Duration) -> Result<crate::model::Dump, ApiError> {
+async fn take_dump(
+    probe: &Probe,
+    timeout: Duration,
+    mode: DumpMode,
+) -> Result<crate::model::Dump, ApiError> {
     let Some(handle) = probe.host() else {
         return Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -335,7 +388,7 @@ async fn take_dump(probe: &Probe, timeout: Duration) -> Result<crate::model::Dum
     // profile does, so a shutdown is never held up by it.
     let stop = probe.stop_token();
     tokio::select! {
-        dumped = probe.dumper().dump(&handle, timeout) => Ok(dumped?),
+        dumped = probe.dumper().dump_mode(&handle, timeout, mode) => Ok(dumped?),
         () = stop.cancelled() => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "stopping",
@@ -349,8 +402,9 @@ async fn tasks_dump(
     Query(params): Query<Params>,
 ) -> Result<Response, ApiError> {
     let timeout = parse_timeout(&probe, params.timeout_ms.as_deref())?;
+    let mode = parse_mode(params.mode.as_deref())?;
     Ok(warn_if_stale(
-        axum::Json(take_dump(&probe, timeout).await?).into_response(),
+        axum::Json(take_dump(&probe, timeout, mode).await?).into_response(),
     ))
 }
 
@@ -380,7 +434,8 @@ async fn pprof_tasks(
 ) -> Result<Response, ApiError> {
     let debug = parse_debug(params.debug.as_deref(), 0)?;
     let timeout = parse_timeout(&probe, params.timeout_ms.as_deref())?;
-    let dump = take_dump(&probe, timeout).await?;
+    let mode = parse_mode(params.mode.as_deref())?;
+    let dump = take_dump(&probe, timeout, mode).await?;
     if debug == 0 {
         Ok(warn_if_stale(pprof_response(
             dump::to_pprof(&dump),

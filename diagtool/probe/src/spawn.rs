@@ -4,7 +4,8 @@
 //! in snapshots and dumps), and its future is wrapped in [`Traced`], whose `poll` is never
 //! inlined. In release builds the compiler otherwise inlines the user's async fns into tokio's
 //! task harness and a task dump keeps only tokio's leaf frames; the out-of-line `poll` keeps a
-//! real frame boundary, so the user's functions and their await points stay in the trace.
+//! real frame boundary, so the user's functions and their await points stay in the trace. The
+//! wrapper also answers the default (self-traced) task dump: see [`super::selftrace`].
 //!
 //! Every function here is `#[track_caller]` down to tokio's spawn, so the spawn site recorded by
 //! the registry is the caller's line, not a line in this file.
@@ -19,39 +20,18 @@
 
 use std::borrow::Cow;
 use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
 use super::registry;
-
-/// A future wrapper whose `poll` is never inlined, so task dumps of release builds keep the
-/// wrapped future's own frames. Build one with [`traced`].
-#[derive(Debug)]
-#[must_use = "futures do nothing unless polled"]
-pub struct Traced<F> {
-    future: F,
-}
+pub use super::selftrace::Traced;
 
 /// Wraps `future` in [`Traced`], for hosts that spawn through their own helpers
-/// (a `JoinSet`, a supervisor).
+/// (a `JoinSet`, a supervisor): the task then answers self-traced dumps.
 pub fn traced<F: Future>(future: F) -> Traced<F> {
-    Traced { future }
-}
-
-impl<F: Future> Future for Traced<F> {
-    type Output = F::Output;
-
-    #[inline(never)]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        // SAFETY: structural pinning of the only field: `Traced` never moves `future` out, has no
-        // `Drop` impl and is `Unpin` only when `F` is.
-        let future = unsafe { self.map_unchecked_mut(|this| &mut this.future) };
-        future.poll(cx)
-    }
+    Traced::new(future)
 }
 
 /// Clears a pending name even when the spawn panics (no runtime), so no later spawn inherits it.

@@ -215,8 +215,11 @@ impl LeakGuard {
             .iter()
             .map(|t| crate::snapshot::task_id_u64(t.id))
             .collect();
+        // Tests spawn with plain `tokio::spawn`, which only the global dump traces; its risk (a
+        // stop-the-world barrier) is a test runtime's to take, not a service's.
         match Dumper::new(self.registry.clone())
-            .dump(&handle, DUMP_TIMEOUT)
+            .global_dump(true)
+            .dump_mode(&handle, DUMP_TIMEOUT, crate::DumpMode::Global)
             .await
         {
             Ok(dump) => dump

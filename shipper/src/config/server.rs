@@ -15,6 +15,7 @@ pub(super) struct ServerFile {
     debug_token: Option<String>,
     console: Option<bool>,
     console_addr: Option<String>,
+    global_dump: Option<bool>,
 }
 
 /// The servers' settings.
@@ -30,6 +31,8 @@ pub struct ServerConfig {
     pub console: bool,
     /// Where tokio-console listens.
     pub console_addr: SocketAddr,
+    /// Allow tokio's stop-the-world task dump (`?mode=global`); off: it can wedge the runtime.
+    pub global_dump: bool,
 }
 
 pub(super) fn resolve(
@@ -55,6 +58,7 @@ pub(super) fn resolve(
             server.console_addr.as_deref(),
             "127.0.0.1:6669",
         )?,
+        global_dump: server.global_dump.unwrap_or(false),
     };
     if !server.console_addr.ip().is_loopback() {
         // tokio-console's protocol has no authentication, so no token can make this safe.

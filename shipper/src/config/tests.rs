@@ -22,6 +22,14 @@ fn builtin_default_parses_and_tails_logs_into_a_file_sink() {
 }
 
 #[test]
+fn server_global_dump_is_off_unless_set() {
+    assert!(!Config::parse(MIN, "t").unwrap().server.global_dump);
+    let on = format!("[server]\nglobal_dump = true\n{MIN}");
+    assert!(Config::parse(&on, "t").unwrap().server.global_dump);
+    assert!(err(&format!("[server]\nglobal_dump = \"yes\"\n{MIN}")).contains("global_dump"));
+}
+
+#[test]
 fn durations_follow_the_one_grammar_and_errors_name_the_key() {
     let c = Config::parse(&format!("shutdown_timeout = \"1.5s\"\n{MIN}"), "t").unwrap();
     assert_eq!(c.shutdown_timeout, Duration::from_millis(1500));

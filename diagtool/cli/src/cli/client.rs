@@ -86,7 +86,19 @@ impl Client {
 
     /// `GET /debug/tasks/dump?timeout_ms=N`: the dump and its text.
     pub async fn dump(&self, timeout: Duration) -> Result<(Dump, String), CliError> {
-        let path = format!("debug/tasks/dump?timeout_ms={}", timeout.as_millis());
+        self.dump_mode(timeout, "self").await
+    }
+
+    /// `GET /debug/tasks/dump?timeout_ms=N&mode=MODE` (`self` or `global`).
+    pub async fn dump_mode(
+        &self,
+        timeout: Duration,
+        mode: &str,
+    ) -> Result<(Dump, String), CliError> {
+        let path = format!(
+            "debug/tasks/dump?timeout_ms={}&mode={mode}",
+            timeout.as_millis()
+        );
         let (url, text) = self
             .get_text(&path, timeout + Duration::from_secs(5))
             .await?;

@@ -13,7 +13,7 @@ use anyhow::Context;
 
 use super::commands::write_output;
 use super::fmt::{secs, utc};
-use super::{CliError, Client, DumpFormat};
+use super::{CliError, Client, DumpFormat, DumpModeArg};
 use crate::model::{DUMP_SCHEMA, Dump, DumpGroup};
 
 /// `diagtool dump`.
@@ -22,8 +22,9 @@ pub(super) async fn dump(
     output: Option<&Path>,
     format: DumpFormat,
     timeout: Duration,
+    mode: DumpModeArg,
 ) -> anyhow::Result<ExitCode> {
-    let (dump, mut text) = client.dump(timeout).await?;
+    let (dump, mut text) = client.dump_mode(timeout, mode.query()).await?;
     let rendered = match format {
         DumpFormat::Json => {
             if !text.ends_with('\n') {
@@ -223,6 +224,7 @@ mod tests {
             name: None,
             age_s,
             trace: trace.iter().map(|s| (*s).to_owned()).collect(),
+            not_traced: None,
         };
         let park = [
             "shipper::leaklab::park",
@@ -238,6 +240,8 @@ mod tests {
                 task(3, "src.rs:2:2", &io, 99.0),
             ],
             groups: vec![],
+            mode: None,
+            not_traced: None,
         }
     }
 

@@ -88,7 +88,7 @@ pub enum Command {
     },
     /// Fetch a task dump: where every task is parked, grouped by spawn site and trace.
     #[command(
-        after_help = "Examples:\n  diagtool dump --format text | less\n  diagtool dump -o dump.json && diagtool flamegraph dump.json -o tasks.svg\n  diagtool dump --format folded --timeout 30s > tasks.folded"
+        after_help = "Examples:\n  diagtool dump --format text | less\n  diagtool dump -o dump.json && diagtool flamegraph dump.json -o tasks.svg\n  diagtool dump --format folded --timeout 30s > tasks.folded\n  diagtool dump --mode global --format text    # the target must opt in; stops its runtime"
     )]
     Dump {
         /// Write to FILE instead of standard output.
@@ -100,6 +100,11 @@ pub enum Command {
         /// How long the target may take to trace its tasks.
         #[arg(long, value_name = "DUR", default_value = "10s")]
         timeout: Dur,
+        /// self: tasks trace themselves, safe in production (tasks spawned without the probe's
+        /// wrapper are listed untraced); global: tokio's stop-the-world dump, which traces every
+        /// task but can wedge the runtime; the target must opt in (DIAGTOOL_PROBE_GLOBAL_DUMP=1).
+        #[arg(long, value_enum, default_value_t = DumpModeArg::SelfTraced)]
+        mode: DumpModeArg,
     },
     /// Record a CPU profile of the target (gzipped pprof protobuf, readable by `go tool pprof`).
     #[command(
@@ -244,6 +249,26 @@ pub enum SnapshotFormat {
     Text,
 }
 
+/// `dump --mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DumpModeArg {
+    /// Tasks trace themselves; never stops the target's runtime.
+    #[value(name = "self")]
+    SelfTraced,
+    /// tokio's global dump: stops every worker at a barrier (opt-in on the target).
+    Global,
+}
+
+impl DumpModeArg {
+    /// The `?mode=` value.
+    pub fn query(self) -> &'static str {
+        match self {
+            DumpModeArg::SelfTraced => "self",
+            DumpModeArg::Global => "global",
+        }
+    }
+}
+
 /// `dump --format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DumpFormat {
@@ -315,7 +340,8 @@ async fn remote(client: Client, command: Command) -> anyhow::Result<ExitCode> {
             output,
             format,
             timeout,
-        } => dump::dump(&client, output.as_deref(), format, timeout.0).await,
+            mode,
+        } => dump::dump(&client, output.as_deref(), format, timeout.0, mode).await,
         Command::Profile {
             seconds,
             output,

@@ -256,6 +256,7 @@ pub fn leak_dump(taken_at_ms: u64, leaked: u64) -> Dump {
             name: Some("leak-poll".to_owned()),
             age_s: (leaked - i) as f64 / 2.0,
             trace: trace.clone(),
+            not_traced: None,
         })
         .collect();
     tasks.push(DumpTask {
@@ -264,6 +265,7 @@ pub fn leak_dump(taken_at_ms: u64, leaked: u64) -> Dump {
         name: None,
         age_s: 100.0,
         trace: pool_trace.clone(),
+        not_traced: None,
     });
     Dump {
         schema: DUMP_SCHEMA.to_owned(),
@@ -281,6 +283,8 @@ pub fn leak_dump(taken_at_ms: u64, leaked: u64) -> Dump {
                 trace: pool_trace,
             },
         ],
+        mode: None,
+        not_traced: None,
     }
 }
 
