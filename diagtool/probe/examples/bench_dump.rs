@@ -5,9 +5,10 @@
 //! ```
 //! For each TASKS (default 1000 10000 100000) parks that many tasks on a channel, then times one
 //! snapshot (`?debug=2` detail included), one task dump (the default mode: the tasks trace
-//! themselves) and one global dump (tokio's `Handle::dump()`, for comparison), and prints one
+//! themselves) and, with `--global`, one global dump (tokio's `Handle::dump()`, for comparison;
+//! it can freeze the runtime, see below), and prints one
 //! JSON line: `{"points":[{"tasks":N,"snapshot_ms":X,"snapshot_bytes":N,"dump_ms":X,
-//! "dump_groups":N,"dump_traced":N,"global_dump_ms":X}]}`.
+//! "dump_groups":N,"dump_traced":N}]}` (plus `"global_dump_ms"` with `--global`).
 
 fn main() {
     use std::time::{Duration, Instant};
@@ -18,8 +19,10 @@ fn main() {
         let _ = rx.wait_for(|go| *go).await;
     }
 
+    let with_global = std::env::args().any(|a| a == "--global");
     let counts: Vec<usize> = std::env::args()
         .skip(1)
+        .filter(|a| a != "--global")
         .map(|a| {
             a.parse()
                 .unwrap_or_else(|_| panic!("TASKS must be numbers, got {a:?}"))
@@ -65,25 +68,36 @@ fn main() {
                 .unwrap_or_else(|err| panic!("dump failed: {err}"));
             let dump_ms = started.elapsed().as_secs_f64() * 1e3;
             let traced = dump.tasks.iter().filter(|t| t.not_traced.is_none()).count();
-            let started = Instant::now();
-            let global = dumper
-                .dump_mode(
-                    &tokio::runtime::Handle::current(),
-                    Duration::from_secs(60),
-                    diagtool_probe::DumpMode::Global,
-                )
-                .await;
-            let global_ms = started.elapsed().as_secs_f64() * 1e3;
-            let global = match global {
-                Ok(_) => format!("{global_ms:.1}"),
-                Err(err) => serde_json::to_string(&err.to_string()).unwrap_or_default(),
+            // tokio's global dump can freeze this runtime for good (its workers spin in
+            // `steal_all` when a run queue is long, as it is right after a self-traced dump of
+            // many tasks; see docs/benchmarks.md), and its timeout runs on the frozen workers:
+            // only with `--global`.
+            let global = if with_global {
+                let started = Instant::now();
+                let global = dumper
+                    .dump_mode(
+                        &tokio::runtime::Handle::current(),
+                        Duration::from_secs(60),
+                        diagtool_probe::DumpMode::Global,
+                    )
+                    .await;
+                let global_ms = started.elapsed().as_secs_f64() * 1e3;
+                match global {
+                    Ok(_) => format!(",\"global_dump_ms\":{global_ms:.1}"),
+                    Err(err) => format!(
+                        ",\"global_dump_ms\":{}",
+                        serde_json::to_string(&err.to_string()).unwrap_or_default()
+                    ),
+                }
+            } else {
+                String::new()
             };
             let _ = tx.send(true);
             for handle in handles {
                 let _ = handle.await;
             }
             format!(
-                "{{\"tasks\":{n},\"snapshot_ms\":{snapshot_ms:.1},\"snapshot_bytes\":{bytes},\"dump_ms\":{dump_ms:.1},\"dump_first_ms\":{first_ms:.1},\"dump_groups\":{},\"dump_traced\":{traced},\"global_dump_ms\":{global}}}",
+                "{{\"tasks\":{n},\"snapshot_ms\":{snapshot_ms:.1},\"snapshot_bytes\":{bytes},\"dump_ms\":{dump_ms:.1},\"dump_first_ms\":{first_ms:.1},\"dump_groups\":{},\"dump_traced\":{traced}{global}}}",
                 dump.groups.len()
             )
         });

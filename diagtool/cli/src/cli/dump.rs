@@ -86,6 +86,16 @@ pub(super) fn dump_text(dump: &Dump) -> String {
             .max(groups.iter().map(|g| g.count as usize).sum()),
         groups.len()
     );
+    if let Some(counts) = dump
+        .not_traced
+        .as_ref()
+        .filter(|c| c.unwrapped + c.no_answer > 0)
+    {
+        out.push_str(&format!(
+            "not traced: {} spawned without the probe's wrapper, {} gave no answer in time\n",
+            counts.unwrapped, counts.no_answer
+        ));
+    }
     for g in &groups {
         out.push_str(&format!(
             "\n{} task{} spawned at {}",
@@ -243,6 +253,21 @@ mod tests {
             mode: None,
             not_traced: None,
         }
+    }
+
+    #[test]
+    fn the_text_says_how_many_tasks_were_not_traced() {
+        let mut d = dump();
+        assert!(!dump_text(&d).contains("not traced"));
+        d.not_traced = Some(crate::model::NotTraced {
+            unwrapped: 2,
+            no_answer: 1,
+        });
+        let text = dump_text(&d);
+        assert!(
+            text.contains("not traced: 2 spawned without the probe's wrapper, 1 gave no answer"),
+            "{text}"
+        );
     }
 
     #[test]
