@@ -43,6 +43,57 @@ impl Dump {
     pub fn from_json(text: &str) -> Result<Self, SchemaError> {
         super::parse_versioned(text, DUMP_SCHEMA)
     }
+
+    /// The dump's groups; when it carries none (a trimmed or hand-made document), grouped here
+    /// from its tasks.
+    pub fn groups_or_grouped(&self) -> Vec<DumpGroup> {
+        if self.groups.is_empty() {
+            group_tasks(&self.tasks)
+        } else {
+            self.groups.clone()
+        }
+    }
+}
+
+/// Groups tasks by identical site and trace, largest group first (ties by site, then trace): the
+/// one grouping the probe serves and the CLI falls back to.
+///
+/// # Examples
+/// ```
+/// use diagtool_model::{DumpTask, group_tasks};
+/// let task = |id, site: &str| DumpTask { id, site: site.into(), name: None, age_s: 1.0,
+///     trace: vec!["wait at a.rs:1".into()], not_traced: None };
+/// let groups = group_tasks(&[task(1, "a.rs:9:1"), task(2, "b.rs:9:1"), task(3, "b.rs:9:1")]);
+/// assert_eq!((groups[0].count, groups[0].site.as_str()), (2, "b.rs:9:1"));
+/// ```
+pub fn group_tasks(tasks: &[DumpTask]) -> Vec<DumpGroup> {
+    let mut counts: std::collections::HashMap<(&str, &[String]), u64> =
+        std::collections::HashMap::new();
+    for task in tasks {
+        *counts
+            .entry((task.site.as_str(), task.trace.as_slice()))
+            .or_insert(0) += 1;
+    }
+    let mut groups: Vec<DumpGroup> = counts
+        .into_iter()
+        .map(|((site, trace), count)| DumpGroup {
+            count,
+            site: site.to_owned(),
+            trace: trace.to_vec(),
+        })
+        .collect();
+    sort_groups(&mut groups);
+    groups
+}
+
+/// Largest group first (ties by site, then trace).
+pub fn sort_groups(groups: &mut [DumpGroup]) {
+    groups.sort_by(|a, b| {
+        b.count
+            .cmp(&a.count)
+            .then_with(|| a.site.cmp(&b.site))
+            .then_with(|| a.trace.cmp(&b.trace))
+    });
 }
 
 /// One traced task.

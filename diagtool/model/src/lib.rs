@@ -19,7 +19,7 @@ mod soak;
 mod watch;
 
 pub use diff::{DIFF_SCHEMA, DiffTotal, SiteDiff, SnapshotDiff};
-pub use dump::{DUMP_SCHEMA, Dump, DumpGroup, DumpTask, NotTraced};
+pub use dump::{DUMP_SCHEMA, Dump, DumpGroup, DumpTask, NotTraced, group_tasks, sort_groups};
 pub use snapshot::{
     ProcessStats, RuntimeStats, SNAPSHOT_SCHEMA, SiteStats, Snapshot, TaskDetail, TaskTotals,
 };

@@ -408,35 +408,9 @@ fn build_self(
     }
 }
 
-/// Largest group first (ties by site, then trace).
-fn sort_groups(groups: &mut [DumpGroup]) {
-    groups.sort_by(|a, b| {
-        b.count
-            .cmp(&a.count)
-            .then_with(|| a.site.cmp(&b.site))
-            .then_with(|| a.trace.cmp(&b.trace))
-    });
-}
-
-/// Groups tasks by identical site and trace, largest group first (ties by site, then trace).
-pub fn group(tasks: &[DumpTask]) -> Vec<DumpGroup> {
-    let mut counts: HashMap<(&str, &[String]), u64> = HashMap::new();
-    for task in tasks {
-        *counts
-            .entry((task.site.as_str(), task.trace.as_slice()))
-            .or_insert(0) += 1;
-    }
-    let mut groups: Vec<DumpGroup> = counts
-        .into_iter()
-        .map(|((site, trace), count)| DumpGroup {
-            count,
-            site: site.to_owned(),
-            trace: trace.to_vec(),
-        })
-        .collect();
-    sort_groups(&mut groups);
-    groups
-}
+/// Groups tasks by identical site and trace, largest group first (the model's one grouping).
+pub use crate::model::group_tasks as group;
+use crate::model::sort_groups;
 
 #[cfg(test)]
 mod tests;

@@ -167,13 +167,23 @@ thread_local! {
     static CAPTURING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// A future wrapper whose `poll` is never inlined, so task dumps of release builds keep the
-/// wrapped future's own frames, and which answers trace requests (see the module docs). Build
-/// one with [`traced`](super::traced).
-#[derive(Debug)]
-#[must_use = "futures do nothing unless polled"]
-pub struct Traced<F> {
-    future: F,
+pin_project_lite::pin_project! {
+    /// A future wrapper whose `poll` is never inlined, so task dumps of release builds keep the
+    /// wrapped future's own frames, and which answers trace requests (see the module docs). Build
+    /// one with [`traced`](super::traced).
+    #[derive(Debug)]
+    #[must_use = "futures do nothing unless polled"]
+    pub struct Traced<F> {
+        // Declared first so it drops first: the board entry goes before the future does.
+        state: BoardEntry,
+        #[pin]
+        future: F,
+    }
+}
+
+/// A wrapped task's side of the board: its entry and what it last stored there.
+#[derive(Debug, Default)]
+struct BoardEntry {
     /// This task's board entry, from its first `Pending` inside a task.
     slot: Option<Arc<Slot>>,
     /// The fingerprint of the waker stored in `slot`.
@@ -187,14 +197,13 @@ pub struct Traced<F> {
 impl<F> Traced<F> {
     pub(crate) fn new(future: F) -> Self {
         Traced {
+            state: BoardEntry::default(),
             future,
-            slot: None,
-            stored: (0, 0),
-            seen: 0,
-            outside: false,
         }
     }
+}
 
+impl BoardEntry {
     /// After a `Pending`: registers the task (first time), or stores its waker when it changed.
     fn parked(&mut self, waker: &Waker) {
         let print = fingerprint(waker);
@@ -232,9 +241,8 @@ impl<F> Traced<F> {
     }
 }
 
-impl<F> Drop for Traced<F> {
+impl Drop for BoardEntry {
     fn drop(&mut self) {
-        // Touches only `slot`, never the pinned `future`.
         if let Some(slot) = self.slot.take() {
             slot.ended.store(true, Ordering::Release);
             lock(shard_of(slot.id)).remove(&key(&slot));
@@ -247,20 +255,17 @@ impl<F: Future> Future for Traced<F> {
 
     #[inline(never)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        // SAFETY: `future` is structurally pinned and never moved: `Traced` hands out only a
-        // pinned reference to it, and its `Drop` touches the other fields only. The other fields
-        // are not pinned (`Traced` is `Unpin` only when `F` is).
-        let this = unsafe { self.get_unchecked_mut() };
-        let future = unsafe { Pin::new_unchecked(&mut this.future) };
-        let polled = match &this.slot {
-            Some(slot) if slot.asked.load(Ordering::Relaxed) != this.seen => {
-                this.seen = slot.asked.load(Ordering::Acquire);
-                answer(slot, this.seen, future, cx)
+        let this = self.project();
+        let state = this.state;
+        let polled = match &state.slot {
+            Some(slot) if slot.asked.load(Ordering::Relaxed) != state.seen => {
+                state.seen = slot.asked.load(Ordering::Acquire);
+                answer(slot, state.seen, this.future, cx)
             }
-            _ => future.poll(cx),
+            _ => this.future.poll(cx),
         };
         if polled.is_pending() {
-            this.parked(cx.waker());
+            state.parked(cx.waker());
         }
         polled
     }

@@ -41,25 +41,7 @@ pub(super) async fn dump(
 
 /// The dump's groups; when the target sent none, grouped here from its tasks, largest first.
 pub(super) fn groups(dump: &Dump) -> Vec<DumpGroup> {
-    if !dump.groups.is_empty() || dump.tasks.is_empty() {
-        return dump.groups.clone();
-    }
-    let mut counts: BTreeMap<(&str, &[String]), u64> = BTreeMap::new();
-    for task in &dump.tasks {
-        *counts
-            .entry((task.site.as_str(), task.trace.as_slice()))
-            .or_default() += 1;
-    }
-    let mut groups: Vec<DumpGroup> = counts
-        .into_iter()
-        .map(|((site, trace), count)| DumpGroup {
-            count,
-            site: site.to_owned(),
-            trace: trace.to_vec(),
-        })
-        .collect();
-    groups.sort_by(|a, b| b.count.cmp(&a.count).then(a.site.cmp(&b.site)));
-    groups
+    dump.groups_or_grouped()
 }
 
 /// Ages of the tasks of one group: (oldest, youngest), from the dump's per-task entries.

@@ -66,7 +66,7 @@ fn polled_outside_a_task_it_never_registers() {
         let mut wrapped = std::pin::pin!(traced(tokio::time::sleep(Duration::from_millis(5))));
         let first = std::future::poll_fn(|cx| Poll::Ready(wrapped.as_mut().poll(cx))).await;
         assert!(first.is_pending());
-        assert!(wrapped.slot.is_none() && wrapped.outside);
+        assert!(wrapped.state.slot.is_none() && wrapped.state.outside);
         wrapped.await;
     });
 }
@@ -81,10 +81,10 @@ fn the_waker_is_stored_again_only_when_it_changed() {
             for waker in [&one, &one, &two] {
                 let mut cx = Context::from_waker(waker);
                 assert!(wrapped.as_mut().poll(&mut cx).is_pending());
-                let slot = wrapped.slot.as_ref().expect("registered");
+                let slot = wrapped.state.slot.as_ref().expect("registered");
                 let stored = lock(&slot.waker).clone().expect("a waker");
                 assert!(stored.will_wake(waker));
-                assert_eq!(wrapped.stored, fingerprint(waker));
+                assert_eq!(wrapped.state.stored, fingerprint(waker));
             }
         })
         .await
