@@ -74,6 +74,10 @@ pub struct RuntimeStats {
     pub alive_tasks: u64,
     /// Tasks waiting in the global (injection) queue.
     pub global_queue_depth: u64,
+    /// Polls that took 10 ms or more since the runtime started (each held its worker, and every
+    /// task queued behind it, that long). Absent when the runtime has no poll-time histogram.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub long_polls: Option<u64>,
 }
 
 /// Task totals over every spawn site.

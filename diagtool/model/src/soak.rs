@@ -47,6 +47,10 @@ pub struct SoakReport {
     pub leaks: Vec<SoakLeak>,
     /// One sentence per failed check; empty when `passed`.
     pub failures: Vec<String>,
+    /// Polls of 10 ms or more in the shipper's runtime over the run (each held a worker that
+    /// long); absent when the shipper records no poll-time histogram.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub long_polls: Option<u64>,
 }
 
 impl SoakReport {

@@ -322,6 +322,10 @@ impl ProbeBuilder {
     pub fn install(self, runtime: &mut tokio::runtime::Builder) -> Result<Probe, ProbeError> {
         let registry = TaskRegistry::new();
         registry.hook(runtime);
+        // Long polls are what stalls a service; counting them costs a clock read per poll.
+        runtime
+            .enable_metrics_poll_time_histogram()
+            .metrics_poll_time_histogram_configuration(runtime::poll_time_histogram());
         self.with_registry(registry)
     }
 

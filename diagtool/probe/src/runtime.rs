@@ -5,6 +5,8 @@
 //! sets gauges and absolute counters from the registry and the runtime at that moment, so no
 //! background task is needed and the figures are never older than the scrape.
 
+use std::time::Duration;
+
 use metrics::{Unit, counter, describe_counter, describe_gauge, gauge};
 use tokio::runtime::Handle;
 
@@ -27,7 +29,39 @@ pub fn runtime_stats(handle: &Handle) -> RuntimeStats {
         workers: metrics.num_workers() as u64,
         alive_tasks: metrics.num_alive_tasks() as u64,
         global_queue_depth: metrics.global_queue_depth() as u64,
+        long_polls: long_polls(handle),
     }
+}
+
+/// What counts as a long poll: a poll this long holds its worker, and every task queued behind
+/// it, past what a service should ever see.
+pub const LONG_POLL: Duration = Duration::from_millis(10);
+
+/// The poll-time histogram [`crate::ProbeBuilder::install`] enables: 0.5 ms buckets up to
+/// [`LONG_POLL`], and one open bucket for every poll of [`LONG_POLL`] or more.
+pub fn poll_time_histogram() -> tokio::runtime::HistogramConfiguration {
+    let width = Duration::from_micros(500);
+    let below = (LONG_POLL.as_micros() / width.as_micros()) as usize;
+    tokio::runtime::HistogramConfiguration::linear(width, below + 1)
+}
+
+/// Polls of [`LONG_POLL`] or more since the runtime started, over every worker; `None` when the
+/// runtime records no poll-time histogram.
+pub fn long_polls(handle: &Handle) -> Option<u64> {
+    let metrics = handle.metrics();
+    if !metrics.poll_time_histogram_enabled() {
+        return None;
+    }
+    let long_buckets: Vec<usize> = (0..metrics.poll_time_histogram_num_buckets())
+        .filter(|&b| metrics.poll_time_histogram_bucket_range(b).start >= LONG_POLL)
+        .collect();
+    let mut count = 0;
+    for worker in 0..metrics.num_workers() {
+        for &bucket in &long_buckets {
+            count += metrics.poll_time_histogram_bucket_count(worker, bucket);
+        }
+    }
+    Some(count)
 }
 
 /// Records the per-site task series and the runtime's figures in the `metrics` facade, each name
@@ -42,7 +76,9 @@ pub fn runtime_stats(handle: &Handle) -> RuntimeStats {
 /// - `<prefix>_tokio_spawned_tasks_total`, `_tokio_remote_schedules_total`,
 ///   `_tokio_budget_forced_yields_total`, and summed over workers `_tokio_polls_total`,
 ///   `_tokio_parks_total`, `_tokio_steals_total` (counters), and `_tokio_busy_seconds` (a gauge
-///   that only grows: `rate()` it).
+///   that only grows: `rate()` it);
+/// - `<prefix>_tokio_long_polls_total` (counter): polls of [`LONG_POLL`] or more, when the runtime
+///   records poll times ([`crate::ProbeBuilder::install`] turns that on).
 ///
 /// Call it right before rendering the exporter's text; it is cheap (one pass over the sites).
 pub fn record_metrics(prefix: &str, registry: &TaskRegistry, handle: &Handle) {
@@ -67,6 +103,9 @@ pub fn record_metrics(prefix: &str, registry: &TaskRegistry, handle: &Handle) {
     );
     g("blocking_queue_depth", m.blocking_queue_depth() as f64);
     c("spawned_tasks_total", m.spawned_tasks_count());
+    if let Some(long) = long_polls(handle) {
+        c("long_polls_total", long);
+    }
     c("remote_schedules_total", m.remote_schedule_count());
     c("budget_forced_yields_total", m.budget_forced_yield_count());
     let workers = 0..m.num_workers();
@@ -148,6 +187,10 @@ fn describe(prefix: &str) {
             "polls forced to yield by the coop budget",
         ),
         ("polls_total", "task polls, summed over workers"),
+        (
+            "long_polls_total",
+            "polls of 10 ms or more, summed over workers: each held its worker that long (0 is the goal)",
+        ),
         ("parks_total", "times workers parked, summed over workers"),
         (
             "steals_total",
@@ -278,5 +321,31 @@ mod tests {
                 handle.await.expect("join");
             }
         });
+    }
+
+    #[test]
+    fn long_polls_are_counted_when_the_probe_installed_the_histogram() {
+        let mut plain = tokio::runtime::Builder::new_multi_thread();
+        let plain = plain.worker_threads(1).build().expect("runtime");
+        assert_eq!(long_polls(plain.handle()), None, "no histogram, no figure");
+
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(1).enable_time();
+        crate::Probe::builder("t")
+            .install(&mut builder)
+            .expect("probe");
+        let runtime = builder.build().expect("runtime");
+        assert_eq!(long_polls(runtime.handle()), Some(0));
+        runtime.block_on(async {
+            // One short poll and one that holds its worker past LONG_POLL.
+            tokio::spawn(async {}).await.expect("join");
+            tokio::spawn(async { std::thread::sleep(LONG_POLL + Duration::from_millis(5)) })
+                .await
+                .expect("join");
+        });
+        // At least the sleeping poll (a loaded machine may stretch another past 10 ms too).
+        let counted = long_polls(runtime.handle());
+        assert!(matches!(counted, Some(n) if n >= 1), "{counted:?}");
+        assert_eq!(runtime_stats(runtime.handle()).long_polls, counted);
     }
 }

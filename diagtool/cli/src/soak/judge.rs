@@ -318,6 +318,7 @@ pub fn judge(limits: &Limits, evidence: &Evidence) -> Judgement {
         fds_growth_per_min: fds,
         leaks,
         failures,
+        long_polls: evidence.snapshots.last().and_then(|s| s.runtime.long_polls),
     };
     Judgement {
         checks,
@@ -437,6 +438,30 @@ mod tests {
         assert!(j.report.failures.is_empty() && j.report.leaks.is_empty());
         assert_eq!(j.report.lines_delivered, 1000);
         assert_eq!(j.report.schema, SOAK_SCHEMA);
+    }
+
+    #[test]
+    fn the_long_polls_of_the_last_snapshot_are_reported() {
+        let mut snaps = snapshots(false, 0, 0);
+        assert_eq!(
+            judge(&limits(), &evidence(snaps.clone())).report.long_polls,
+            None
+        );
+        if let Some(last) = snaps.last_mut() {
+            last.runtime.long_polls = Some(3);
+        }
+        let j = judge(&limits(), &evidence(snaps));
+        assert_eq!(j.report.long_polls, Some(3));
+        assert!(
+            summary_has_long_polls(&j),
+            "{}",
+            super::super::summary::table(&j)
+        );
+    }
+
+    fn summary_has_long_polls(j: &Judgement) -> bool {
+        super::super::summary::table(j)
+            .contains("polls of 10 ms or more in the shipper's runtime: 3")
     }
 
     #[test]

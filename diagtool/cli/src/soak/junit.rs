@@ -131,6 +131,7 @@ mod tests {
                 fds_growth_per_min: 0.0,
                 leaks: vec![],
                 failures: vec!["task_growth: ...".into()],
+                long_polls: None,
             },
             checks,
         }

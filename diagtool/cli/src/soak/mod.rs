@@ -173,6 +173,7 @@ fn not_started(profile: &Profile, message: String) -> Judgement {
             fds_growth_per_min: 0.0,
             leaks: Vec::new(),
             failures: vec![format!("{}: {}", check.name, check.detail)],
+            long_polls: None,
         },
         checks: vec![check],
     }

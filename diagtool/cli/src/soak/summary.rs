@@ -128,6 +128,12 @@ pub fn table(judgement: &Judgement) -> String {
         if r.passed { "PASSED" } else { "FAILED" },
         r.duration_s
     );
+    if let Some(long) = r.long_polls {
+        let _ = writeln!(
+            out,
+            "polls of 10 ms or more in the shipper's runtime: {long} (each held a worker that long)"
+        );
+    }
     let growing: Vec<_> = judgement
         .analysis
         .sites
@@ -206,6 +212,7 @@ mod tests {
                 fds_growth_per_min: 0.0,
                 leaks: vec![],
                 failures: vec![],
+                long_polls: None,
             },
         };
         let text = table(&judgement);
