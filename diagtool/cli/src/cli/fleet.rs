@@ -224,7 +224,7 @@ async fn sample_all(fleet: &mut [Instance], pause: Duration) -> anyhow::Result<(
                 instance.snaps.push(snap);
                 instance.error = None;
             }
-            Err(err) => instance.error = Some(err.to_string()),
+            Err(err) => instance.error = Some(format!("the last sample failed: {err}")),
         }
     }
     Ok(())
@@ -368,6 +368,9 @@ pub(super) fn render(
     }
     for v in views.iter().filter(|v| v.analysis.is_none()) {
         let error = v.error.as_deref().unwrap_or("no sample yet");
+        let error = error
+            .strip_prefix("the last sample failed: ")
+            .unwrap_or(error);
         t.add_row(vec![
             v.name.clone(),
             format!("unreachable: {error}"),
@@ -387,7 +390,7 @@ pub(super) fn render(
     }
     for v in views.iter().filter(|v| v.analysis.is_some()) {
         if let Some(error) = &v.error {
-            let _ = writeln!(out, "{}: the last sample failed: {error}", v.name);
+            let _ = writeln!(out, "{}: {error}", v.name);
         }
     }
     // A line per leaking site: on how many of the instances that answered it leaks, and where.

@@ -60,7 +60,8 @@ pub(super) async fn watch(token: Option<String>, args: &WatchArgs) -> anyhow::Re
         let start = end - lookback.as_secs_f64();
         let live = query_range(&client, &live_q, start, end, step).await?;
         let ages = query_range(&client, &age_q, start, end, step).await?;
-        let views = judge(&live, &ages, &options);
+        let mut views = judge(&live, &ages, &options);
+        note_stale(&mut views, &live, end, step);
         let last = until.is_none_or(|u| tokio::time::Instant::now() + step >= u);
         let text = render(&views, &label, args.top, last, view.screen());
         view.show(&text)?;
@@ -333,6 +334,28 @@ fn instance_snapshots(instance: &str, data: &InstanceData) -> Vec<Snapshot> {
         });
     }
     snaps
+}
+
+/// Marks the instances whose samples stopped more than two steps before `end` (stopped, or no
+/// longer scraped): their history is still judged, and the table says since when they are silent.
+fn note_stale(views: &mut [InstanceView], live: &[Series], end: f64, step: Duration) {
+    let mut last_seen: BTreeMap<String, f64> = BTreeMap::new();
+    for series in live {
+        if let Some(&(t, _)) = series.points.last() {
+            let seen = last_seen.entry(instance_of(&series.labels)).or_insert(t);
+            *seen = seen.max(t);
+        }
+    }
+    for view in views {
+        if let Some(&t) = last_seen.get(&view.name)
+            && end - t > 2.0 * step.as_secs_f64()
+        {
+            view.error = Some(format!(
+                "no sample in the last {} (stopped, or no longer scraped); judged on its history",
+                super::fmt::secs(end - t)
+            ));
+        }
+    }
 }
 
 /// Every instance judged alone, with the same rules as a single watch.

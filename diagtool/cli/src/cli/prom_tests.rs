@@ -4,8 +4,11 @@ use super::*;
 use crate::analysis::Options;
 use crate::model::{Overall, Verdict};
 
+/// (instance, site, points) of one series.
+type Spec<'a> = (&'a str, &'a str, Vec<(f64, &'a str)>);
+
 /// A matrix answer: per (instance, site), `(t, value)` points.
-fn matrix(series: &[(&str, &str, Vec<(f64, &str)>)]) -> String {
+fn matrix(series: &[Spec<'_>]) -> String {
     let result: Vec<serde_json::Value> = series
         .iter()
         .map(|(instance, site, points)| {
@@ -19,7 +22,7 @@ fn matrix(series: &[(&str, &str, Vec<(f64, &str)>)]) -> String {
         .to_string()
 }
 
-fn decode(series: &[(&str, &str, Vec<(f64, &str)>)]) -> Vec<Series> {
+fn decode(series: &[Spec<'_>]) -> Vec<Series> {
     decode_matrix(&matrix(series)).expect("decodes")
 }
 
@@ -190,4 +193,32 @@ fn selectors_must_be_braced_matchers() {
     );
     let err = selector(Some("job=shipper")).expect_err("no braces");
     assert!(err.to_string().contains("--selector"), "{err}");
+}
+
+#[test]
+fn an_instance_silent_for_two_steps_is_marked_but_still_judged() {
+    let a = points(0.0, 1.0, 60, |_| 4.0);
+    let b = points(0.0, 1.0, 20, |_| 4.0);
+    let live = decode(&[
+        ("a:1", "s.rs:1:1", borrow(&a)),
+        ("b:1", "s.rs:1:1", borrow(&b)),
+    ]);
+    let mut views = judge(&live, &[], &Options::default());
+    note_stale(&mut views, &live, 59.5, Duration::from_secs(1));
+    let b = views.iter().find(|v| v.name == "b:1").expect("b");
+    assert!(
+        b.error
+            .as_deref()
+            .is_some_and(|e| e.contains("no sample in the last 40")),
+        "{b:?}"
+    );
+    assert!(b.analysis.is_some());
+    assert!(
+        views
+            .iter()
+            .find(|v| v.name == "a:1")
+            .expect("a")
+            .error
+            .is_none()
+    );
 }
