@@ -71,7 +71,7 @@ pub enum Command {
     },
     /// Sample the target every interval and judge the task growth of each spawn site.
     #[command(
-        after_help = "Examples:\n  diagtool watch --interval 10s --duration 5m\n  diagtool watch --interval 5s --duration 2m --json --fail-on-leak > watch.json\n  diagtool watch --record incident/ --duration 10m && diagtool report incident/"
+        after_help = "Examples:\n  diagtool watch --interval 10s --duration 5m\n  diagtool watch --interval 5s --duration 2m --json --fail-on-leak > watch.json\n  diagtool watch --record incident/ --duration 10m && diagtool report incident/\n  diagtool watch --target http://10.0.0.5:6060 --target http://10.0.0.6:6060 --duration 2m\n  diagtool watch --targets-file nodes.txt --interval 15s --duration 5m --json > fleet.json\n  diagtool watch --prometheus http://prom:9090 --selector '{job=\"shipper\"}' --duration 0s"
     )]
     Watch(WatchArgs),
     /// Compare two snapshot files site by site (like `go tool pprof -diff_base`).
@@ -225,7 +225,8 @@ pub struct WatchArgs {
     /// Growth in tasks per minute below which a site is stable.
     #[arg(long, value_name = "PER_MIN", default_value_t = crate::analysis::DEFAULT_THRESHOLD_PER_MIN)]
     pub threshold: f64,
-    /// Keep every snapshot, the final summary and (on a leak) a task dump in DIR.
+    /// Keep every snapshot, the final summary and (on a leak) a task dump in DIR (a fleet: a
+    /// folder per instance and the fleet's summary.json).
     #[arg(long, value_name = "DIR")]
     pub record: Option<PathBuf>,
     /// Print the diagtool.watch/v1 document at the end (tables then go to standard error).
@@ -267,8 +268,7 @@ pub struct WatchArgs {
     /// Resolution of `query_range` [default: lookback / 240, at least 1s].
     #[arg(long, value_name = "DUR", requires = "prometheus")]
     pub step: Option<Dur>,
-    /// Basic auth for the query API, `user:password` (or env DIAGTOOL_PROMETHEUS_BASIC_AUTH);
-    /// `--token` is sent as a bearer token instead.
+    /// Basic auth for the query API; without it, `--token` is sent as a bearer token.
     #[arg(
         long,
         value_name = "USER:PASSWORD",
