@@ -1,9 +1,9 @@
 //! `diagtool watch --prometheus URL`: judge a fleet from the history Prometheus already holds.
 //!
-//! Two `query_range` calls over `--lookback` at `--step` read `<prefix>_tasks_live{site}` and
-//! `<prefix>_tasks_oldest_age_seconds{site}` (ANDed with `--selector`) from any engine that speaks
-//! Prometheus's HTTP API (Prometheus, Thanos, Mimir, VictoriaMetrics). The samples of each
-//! `instance` become the synthetic snapshots a single watch would have taken, one per step, and
+//! Two `query_range` calls over `--lookback` at `--step` read `<prefix>_tasks_live{site}`, and
+//! `<prefix>_tasks_oldest_age_seconds{site}` with `_median_age_seconds` (ANDed with
+//! `--selector`) from any engine that speaks Prometheus's HTTP API (Prometheus, Thanos, Mimir,
+//! VictoriaMetrics). The samples of each `instance` become the synthetic snapshots a single watch would have taken, one per step, and
 //! the same analysis judges them ([`crate::analysis::analyze`]): there is one judge, not two.
 //!
 //! Decoding rules (each has a unit test below):
@@ -51,7 +51,16 @@ pub(super) async fn watch(token: Option<String>, args: &WatchArgs) -> anyhow::Re
         |s| s.0,
     );
     let live_q = format!("{}_tasks_live{selector}", args.metric_prefix);
-    let age_q = format!("{}_tasks_oldest_age_seconds{selector}", args.metric_prefix);
+    // Oldest and median ages in one query, told apart by `__name__`.
+    let inner = selector
+        .trim_start_matches('{')
+        .trim_end_matches('}')
+        .trim();
+    let age_q = format!(
+        "{{__name__=~\"{}_tasks_(oldest|median)_age_seconds\"{}{inner}}}",
+        args.metric_prefix,
+        if inner.is_empty() { "" } else { "," }
+    );
     let label = format!("{} {live_q}", client.target());
     let view = View::new(args.json, args.top, &label);
     let until = args.duration.map(|d| tokio::time::Instant::now() + d.0);
@@ -228,6 +237,7 @@ pub(super) fn decode_matrix(text: &str) -> Result<Vec<Series>, String> {
 struct InstanceData {
     live: BTreeMap<String, BTreeMap<i64, f64>>,
     ages: BTreeMap<String, BTreeMap<i64, f64>>,
+    medians: BTreeMap<String, BTreeMap<i64, f64>>,
 }
 
 fn instance_of(labels: &BTreeMap<String, String>) -> String {
@@ -249,10 +259,14 @@ pub(super) fn snapshots(live: &[Series], ages: &[Series]) -> BTreeMap<String, Ve
             continue;
         };
         let data = by_instance.entry(instance_of(&series.labels)).or_default();
-        let map = if is_live {
-            &mut data.live
-        } else {
-            &mut data.ages
+        let median = series
+            .labels
+            .get("__name__")
+            .is_some_and(|n| n.ends_with("_median_age_seconds"));
+        let map = match (is_live, median) {
+            (true, _) => &mut data.live,
+            (false, false) => &mut data.ages,
+            (false, true) => &mut data.medians,
         };
         let points = map.entry(site.clone()).or_default();
         for &(t, v) in &series.points {
@@ -278,6 +292,7 @@ fn instance_snapshots(instance: &str, data: &InstanceData) -> Vec<Snapshot> {
     let mut prev: Option<(i64, f64)> = None;
     for t in times {
         let age_at = |site: &str| data.ages.get(site).and_then(|p| p.get(&t)).copied();
+        let median_at = |site: &str| data.medians.get(site).and_then(|p| p.get(&t)).copied();
         let sites: Vec<SiteStats> = data
             .live
             .iter()
@@ -289,6 +304,11 @@ fn instance_snapshots(instance: &str, data: &InstanceData) -> Vec<Snapshot> {
                     spawned_total: live,
                     oldest_age_s: if live > 0 {
                         age_at(site).unwrap_or(0.0)
+                    } else {
+                        0.0
+                    },
+                    median_age_s: if live > 0 {
+                        median_at(site).unwrap_or(0.0)
                     } else {
                         0.0
                     },

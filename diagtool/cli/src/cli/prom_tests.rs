@@ -79,6 +79,23 @@ fn a_leaking_instance_is_named_and_a_clean_one_is_not() {
         ("a:1", "pool.rs:1:1", borrow(&old)),
         ("b:1", "pool.rs:1:1", borrow(&old)),
     ]);
+    // The median series, told apart by `__name__`, reaches the snapshots too.
+    let median = points(1000.0, 15.0, 60, |i| 250.0 + 7.5 * i as f64);
+    let mut ages = ages;
+    let mut medians = decode(&[("a:1", "leaklab.rs:1:1", borrow(&median))]);
+    medians[0]
+        .labels
+        .insert("__name__".into(), "shipper_tasks_median_age_seconds".into());
+    ages.extend(medians);
+    let snaps = snapshots(&live, &ages);
+    let last = snaps["a:1"].last().expect("snapshots");
+    let leak_site = last
+        .sites
+        .iter()
+        .find(|s| s.site == "leaklab.rs:1:1")
+        .expect("site");
+    assert!(leak_site.median_age_s > 600.0, "{leak_site:?}");
+    assert!(leak_site.oldest_age_s > 1000.0, "{leak_site:?}");
     let views = judge(&live, &ages, &Options::default());
     let doc = super::super::fleet::report("p", &views, 1.0);
     assert_eq!(doc.verdict, Overall::Leak);
