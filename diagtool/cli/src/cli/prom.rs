@@ -3,8 +3,9 @@
 //! Two `query_range` calls over `--lookback` at `--step` read `<prefix>_tasks_live{site}`, and
 //! `<prefix>_tasks_oldest_age_seconds{site}` with `_median_age_seconds` (ANDed with
 //! `--selector`) from any engine that speaks Prometheus's HTTP API (Prometheus, Thanos, Mimir,
-//! VictoriaMetrics). The samples of each `instance` become the synthetic snapshots a single watch would have taken, one per step, and
-//! the same analysis judges them ([`crate::analysis::analyze`]): there is one judge, not two.
+//! VictoriaMetrics). The samples of each `instance` become the synthetic snapshots a single watch
+//! would have taken, one per step, and the same analysis judges them
+//! ([`crate::analysis::analyze`]): there is one judge, not two.
 //!
 //! Decoding rules (each has a unit test below):
 //! - a step where an instance has no sample at all (not scraped, or stopped: its series went
