@@ -126,10 +126,10 @@ pub(super) struct Series {
 }
 
 #[derive(Deserialize)]
-struct ApiAnswer {
+struct ApiAnswer<'a> {
     status: String,
-    #[serde(default)]
-    data: Option<ApiData>,
+    #[serde(default, borrow)]
+    data: Option<ApiData<'a>>,
     #[serde(default)]
     error: Option<String>,
     #[serde(default, rename = "errorType")]
@@ -137,17 +137,20 @@ struct ApiAnswer {
 }
 
 #[derive(Deserialize)]
-struct ApiData {
+struct ApiData<'a> {
     #[serde(rename = "resultType")]
     result_type: String,
-    result: Vec<ApiSeries>,
+    #[serde(borrow)]
+    result: Vec<ApiSeries<'a>>,
 }
 
 #[derive(Deserialize)]
-struct ApiSeries {
+struct ApiSeries<'a> {
     metric: BTreeMap<String, String>,
-    #[serde(default)]
-    values: Vec<(f64, String)>,
+    /// `[unix seconds, "value"]`; the value strings (numbers, `NaN`, `+Inf`: never escaped) are
+    /// borrowed from the answer, not allocated one by one.
+    #[serde(default, borrow)]
+    values: Vec<(f64, &'a str)>,
 }
 
 /// `GET /api/v1/query_range`: a transport failure or 5xx is unreachable (3); an answer that
@@ -249,7 +252,19 @@ fn instance_of(labels: &BTreeMap<String, String>) -> String {
 }
 
 /// The synthetic snapshots of every instance, from its live and age series.
+#[cfg(test)]
 pub(super) fn snapshots(live: &[Series], ages: &[Series]) -> BTreeMap<String, Vec<Snapshot>> {
+    group(live, ages)
+        .into_iter()
+        .filter_map(|(instance, data)| {
+            let snaps = instance_snapshots(&instance, &data);
+            (!snaps.is_empty()).then_some((instance, snaps))
+        })
+        .collect()
+}
+
+/// The series grouped by instance, then by site and timestamp.
+fn group(live: &[Series], ages: &[Series]) -> BTreeMap<String, InstanceData> {
     let mut by_instance: BTreeMap<String, InstanceData> = BTreeMap::new();
     for (series, is_live) in live
         .iter()
@@ -276,12 +291,6 @@ pub(super) fn snapshots(live: &[Series], ages: &[Series]) -> BTreeMap<String, Ve
         }
     }
     by_instance
-        .into_iter()
-        .filter_map(|(instance, data)| {
-            let snaps = instance_snapshots(&instance, &data);
-            (!snaps.is_empty()).then_some((instance, snaps))
-        })
-        .collect()
 }
 
 fn instance_snapshots(instance: &str, data: &InstanceData) -> Vec<Snapshot> {
@@ -385,13 +394,17 @@ fn judge(
     ages: &[Series],
     options: &crate::analysis::Options,
 ) -> Vec<InstanceView> {
-    snapshots(live, ages)
+    // One instance's snapshots at a time: memory stays at one instance's, not the fleet's.
+    group(live, ages)
         .into_iter()
-        .map(|(name, snaps)| InstanceView {
-            name,
-            analysis: Some(analyze(&snaps, options)),
-            error: None,
-            errors: 0,
+        .filter_map(|(name, data)| {
+            let snaps = instance_snapshots(&name, &data);
+            (!snaps.is_empty()).then(|| InstanceView {
+                analysis: Some(analyze(&snaps, options)),
+                name,
+                error: None,
+                errors: 0,
+            })
         })
         .collect()
 }
