@@ -182,6 +182,28 @@ fn a_fleet_of_three_names_the_leaking_instance_by_target_and_from_prometheus() {
         assert!(dir.join("summary.json").exists(), "{}", dir.display());
     }
 
+    // The fleet report: a report per instance, and one tying them together.
+    assert_eq!(
+        diagtool(&["report", record.to_str().unwrap()]),
+        Ok(ExitCode::SUCCESS)
+    );
+    let fleet_md = std::fs::read_to_string(record.join("report.md")).unwrap();
+    assert!(
+        fleet_md.contains("# Fleet task growth report"),
+        "{fleet_md}"
+    );
+    assert!(
+        fleet_md.contains(&format!("on 1 of 3 instances\n\n- `{}`", b.debug_addr)),
+        "{fleet_md}"
+    );
+    assert!(record.join("report-leak-1.svg").exists());
+    assert!(
+        record
+            .join(b.debug_addr.replace(':', "_"))
+            .join("report.md")
+            .exists()
+    );
+
     // No target reachable: exit 3.
     assert_eq!(
         diagtool(&[

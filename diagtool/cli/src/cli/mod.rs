@@ -12,6 +12,7 @@ mod commands;
 mod demo;
 mod dump;
 mod fleet;
+mod fleet_report;
 mod fmt;
 mod generate;
 mod prom;
