@@ -253,6 +253,33 @@ fn a_fleet_of_three_names_the_leaking_instance_by_target_and_from_prometheus() {
         .collect();
     assert!(instances.contains(a.addr.as_str()), "{doc:#}");
 
+    // Following live (`--duration 2s`): the window is judged again each step, same verdict.
+    let follow = clean.path("prom-follow");
+    let mut args = vec![
+        "watch",
+        "--prometheus",
+        url.as_str(),
+        "--lookback",
+        "2m",
+        "--step",
+        "1s",
+    ];
+    args.extend([
+        "--duration",
+        "2s",
+        "--fail-on-leak",
+        "--record",
+        follow.to_str().unwrap(),
+    ]);
+    let followed = Instant::now();
+    assert_eq!(diagtool(&args), Ok(ExitCode::from(1)));
+    assert!(
+        followed.elapsed() >= Duration::from_secs(1),
+        "it followed for a step"
+    );
+    let text = std::fs::read_to_string(follow.join("summary.txt")).unwrap();
+    assert!(text.starts_with("final: "), "{text}");
+
     // A bad selector: exit 2 (Prometheus's message is printed by the binary's error path).
     assert_eq!(
         prom_watch(&url, &["--selector", "{job=~\"(\"}"], &clean.path("bad")),
