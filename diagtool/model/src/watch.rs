@@ -48,6 +48,19 @@ pub struct WatchReport {
     /// The growth threshold the verdicts used, in tasks per minute.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threshold_per_min: Option<f64>,
+    /// In a fleet watch, the instances that never answered (a row each in the table); absent
+    /// otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreachable: Vec<UnreachableInstance>,
+}
+
+/// An instance of a fleet watch that never answered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnreachableInstance {
+    /// `host:port` of the target.
+    pub instance: String,
+    /// The last error.
+    pub error: String,
 }
 
 impl WatchReport {
@@ -132,6 +145,10 @@ pub struct WatchSite {
     /// Theil-Sen growth (median of pairwise slopes, insensitive to bursts), in tasks per minute.
     #[serde(default)]
     pub robust_growth_per_min: f64,
+    /// In a fleet watch, the instance this row is about: the target URL's `host:port`, or
+    /// Prometheus's `instance` label. Absent in a single-target watch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 /// A regular step in a site's live count: `size` tasks every `every_s` seconds.

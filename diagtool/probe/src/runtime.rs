@@ -13,6 +13,15 @@ use tokio::runtime::Handle;
 use super::registry::TaskRegistry;
 use crate::model::RuntimeStats;
 
+/// Sites that get the age series (`_tasks_oldest_age_seconds`, `_tasks_median_age_seconds`).
+///
+/// Spawn sites are call sites in the binary's code (`path:line:col`), never data, so their number
+/// is fixed by the build: tens in a typical service (the shipper has about 30). Past this cap, the
+/// sites after the first `AGE_SITES_CAP` in name order get no age series (their `_tasks_live` and
+/// counters stay), and `<prefix>_tasks_age_sites_omitted` says how many; `diagtool watch
+/// --prometheus` then judges those sites without the age rule.
+pub(crate) const AGE_SITES_CAP: usize = 500;
+
 /// The snapshot's runtime figures from `handle`.
 ///
 /// # Examples
@@ -70,6 +79,13 @@ pub fn long_polls(handle: &Handle) -> Option<u64> {
 /// - `<prefix>_tasks_live{site}` (gauge): tasks from the site alive now; a site whose value only
 ///   climbs leaks;
 /// - `<prefix>_tasks_spawned_total{site}`, `<prefix>_tasks_terminated_total{site}` (counters);
+/// - `<prefix>_tasks_oldest_age_seconds{site}`, `<prefix>_tasks_median_age_seconds{site}`
+///   (gauges): the age of the site's oldest live task and the median age of its live tasks, 0 when
+///   none is live. A leaking site's oldest age keeps pace with its uptime, so a fleet's judge
+///   (`diagtool watch --prometheus`) can apply the age rule from metrics alone. These walk the live
+///   tasks (one pass, shard by shard), like a snapshot does;
+/// - `<prefix>_tasks_age_sites_omitted` (gauge): sites past the cap of 500 sites (in name order)
+///   that got no age series; spawn sites are code locations, so a build has a fixed, small number;
 /// - `<prefix>_tokio_workers`, `_tokio_alive_tasks`, `_tokio_global_queue_depth`,
 ///   `_tokio_blocking_threads`, `_tokio_idle_blocking_threads`, `_tokio_blocking_queue_depth`
 ///   (gauges);
@@ -83,12 +99,28 @@ pub fn long_polls(handle: &Handle) -> Option<u64> {
 /// Call it right before rendering the exporter's text; it is cheap (one pass over the sites).
 pub fn record_metrics(prefix: &str, registry: &TaskRegistry, handle: &Handle) {
     describe(prefix);
-    for site in registry.sites() {
+    let mut sites = registry.sites();
+    // Sorted by name, so the capped set of age series is the same at every scrape.
+    sites.sort_unstable_by(|a, b| a.site.cmp(&b.site));
+    let ages: std::collections::HashMap<String, (f64, f64)> = registry
+        .site_ages()
+        .into_iter()
+        .map(|a| (a.site, (a.oldest_s, a.median_s)))
+        .collect();
+    for (rank, site) in sites.iter().enumerate() {
         let label = [("site", site.site.clone())];
         gauge!(format!("{prefix}_tasks_live"), &label).set(site.live() as f64);
         counter!(format!("{prefix}_tasks_spawned_total"), &label).absolute(site.spawned);
         counter!(format!("{prefix}_tasks_terminated_total"), &label).absolute(site.terminated);
+        if rank < AGE_SITES_CAP {
+            // A site whose tasks all ended reads 0, not the age it had when it last had one.
+            let (oldest, median) = ages.get(&site.site).copied().unwrap_or((0.0, 0.0));
+            gauge!(format!("{prefix}_tasks_oldest_age_seconds"), &label).set(oldest);
+            gauge!(format!("{prefix}_tasks_median_age_seconds"), &label).set(median);
+        }
     }
+    gauge!(format!("{prefix}_tasks_age_sites_omitted"))
+        .set(sites.len().saturating_sub(AGE_SITES_CAP) as f64);
 
     let m = handle.metrics();
     let g = |name: &str, value: f64| gauge!(format!("{prefix}_tokio_{name}")).set(value);
@@ -135,6 +167,21 @@ fn describe(prefix: &str) {
         format!("{prefix}_tasks_live"),
         Unit::Count,
         "tasks alive now, by spawn site (path:line:col); a site that only climbs leaks"
+    );
+    describe_gauge!(
+        format!("{prefix}_tasks_oldest_age_seconds"),
+        Unit::Seconds,
+        "age of the oldest live task, by spawn site (0 when none is live); a leak's keeps climbing"
+    );
+    describe_gauge!(
+        format!("{prefix}_tasks_median_age_seconds"),
+        Unit::Seconds,
+        "median age of the live tasks, by spawn site (0 when none is live)"
+    );
+    describe_gauge!(
+        format!("{prefix}_tasks_age_sites_omitted"),
+        Unit::Count,
+        "spawn sites past the cap of age series (500) that got no _tasks_*_age_seconds series"
     );
     describe_counter!(
         format!("{prefix}_tasks_spawned_total"),
@@ -309,6 +356,21 @@ mod tests {
             .find(|(k, _)| k.starts_with("svc_tasks_spawned_total{site="))
             .expect("spawned series");
         assert_eq!(*spawned.1, 3.0);
+        let oldest = values
+            .iter()
+            .find(|(k, _)| {
+                k.starts_with(&format!(
+                    "svc_tasks_oldest_age_seconds{{site={site_prefix}:"
+                ))
+            })
+            .unwrap_or_else(|| panic!("no oldest-age series: {values:#?}"));
+        assert!(*oldest.1 >= 0.0 && *oldest.1 < 60.0, "{oldest:?}");
+        assert!(
+            values
+                .keys()
+                .any(|k| k.starts_with("svc_tasks_median_age_seconds{site="))
+        );
+        assert_eq!(values["svc_tasks_age_sites_omitted{}"], 0.0);
         assert_eq!(values["svc_tokio_workers{}"], 2.0);
         assert!(values["svc_tokio_alive_tasks{}"] >= 3.0);
         assert!(values.contains_key("svc_tokio_global_queue_depth{}"));
@@ -321,6 +383,18 @@ mod tests {
                 handle.await.expect("join");
             }
         });
+        // Every task of the site ended: its ages read 0, not the last age seen.
+        metrics::with_local_recorder(&capture, || record_metrics("svc", &registry, rt.handle()));
+        let values = capture.0.lock().expect("lock").clone();
+        let oldest = values
+            .iter()
+            .find(|(k, _)| {
+                k.starts_with(&format!(
+                    "svc_tasks_oldest_age_seconds{{site={site_prefix}:"
+                ))
+            })
+            .expect("oldest-age series");
+        assert_eq!(*oldest.1, 0.0);
     }
 
     #[test]

@@ -24,26 +24,33 @@ pub struct Client {
     http: reqwest::Client,
     base: Url,
     token: Option<String>,
+    basic: Option<(String, String)>,
 }
 
 impl Client {
     /// Checks the target URL and builds the client.
     pub fn new(target: &str, token: Option<String>) -> Result<Self, CliError> {
+        Self::for_flag("--target", target, token)
+    }
+
+    /// Like [`Client::new`], for a URL given with `flag` (such as `--prometheus`), whose name the
+    /// errors quote.
+    pub fn for_flag(flag: &str, target: &str, token: Option<String>) -> Result<Self, CliError> {
         let mut base = Url::parse(target).map_err(|e| {
             CliError::Input(format!(
-                "bad --target {target:?}: {e}; write it like {}",
+                "bad {flag} {target:?}: {e}; write it like {}",
                 super::DEFAULT_TARGET
             ))
         })?;
         if base.scheme() != "http" {
             return Err(CliError::Input(format!(
-                "bad --target {target:?}: only http:// targets are supported (the debug port is plain \
+                "bad {flag} {target:?}: only http:// URLs are supported (the debug port is plain \
                  http; reach a remote one through an SSH tunnel)"
             )));
         }
         if base.host_str().is_none_or(str::is_empty) {
             return Err(CliError::Input(format!(
-                "bad --target {target:?}: it names no host"
+                "bad {flag} {target:?}: it names no host"
             )));
         }
         if !base.path().ends_with('/') {
@@ -69,7 +76,40 @@ impl Client {
             http,
             base,
             token: token.filter(|t| !t.is_empty()),
+            basic: None,
         })
+    }
+
+    /// Sends HTTP basic auth (`user:password`) instead of the bearer token.
+    pub fn with_basic_auth(mut self, credentials: &str) -> Result<Self, CliError> {
+        let Some((user, password)) = credentials.split_once(':') else {
+            return Err(CliError::Input(
+                "bad --basic-auth: write it as USER:PASSWORD".to_owned(),
+            ));
+        };
+        self.basic = Some((user.to_owned(), password.to_owned()));
+        Ok(self)
+    }
+
+    /// `host:port` of the target: how a fleet's table names the instance.
+    pub fn instance(&self) -> String {
+        let host = self.base.host_str().unwrap_or("?");
+        match self.base.port_or_known_default() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_owned(),
+        }
+    }
+
+    /// `GET path?k=v&...` (values percent-encoded) under `timeout`: like [`Client::get_answer`].
+    pub async fn get_query(
+        &self,
+        path: &str,
+        params: &[(&str, &str)],
+        timeout: Duration,
+    ) -> Result<(Url, StatusCode, Vec<u8>), CliError> {
+        let mut url = self.url(path)?;
+        url.query_pairs_mut().extend_pairs(params);
+        self.get_url(url, timeout).await
     }
 
     /// The target's base URL, as given.
@@ -150,12 +190,22 @@ impl Client {
         timeout: Duration,
     ) -> Result<(Url, StatusCode, Vec<u8>), CliError> {
         let url = self.url(path)?;
+        self.get_url(url, timeout).await
+    }
+
+    async fn get_url(
+        &self,
+        url: Url,
+        timeout: Duration,
+    ) -> Result<(Url, StatusCode, Vec<u8>), CliError> {
         let unreachable = |reason: String| CliError::Unreachable {
             target: self.target().to_owned(),
             reason,
         };
         let mut request = self.http.get(url.clone()).timeout(timeout);
-        if let Some(token) = &self.token {
+        if let Some((user, password)) = &self.basic {
+            request = request.basic_auth(user, Some(password));
+        } else if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
         let response = request
@@ -244,7 +294,7 @@ fn describe(err: &reqwest::Error, timeout: Duration) -> String {
 }
 
 /// The `error` field of a JSON error body, else the start of the body.
-fn error_message(body: &[u8]) -> String {
+pub(super) fn error_message(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
     if let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(&text)
         && let Some(serde_json::Value::String(msg)) = map.get("error")

@@ -146,6 +146,7 @@ async fn watch_and_dump(args: &DemoArgs, client: &Client) -> anyhow::Result<bool
         json: false,
         fail_on_leak: true,
         top: 6,
+        ..WatchArgs::single()
     };
     let code = watch::watch(client, &watch_args).await?;
     let leaked = code == ExitCode::from(1);

@@ -27,6 +27,16 @@ impl FromStr for Dur {
     }
 }
 
+impl Dur {
+    /// Like `parse`, also taking zero (`0s`): `watch --duration 0s` judges once and exits.
+    pub fn or_zero(text: &str) -> Result<Self, String> {
+        match duration::parse(text) {
+            Ok(d) if d.is_zero() => Ok(Dur(d)),
+            _ => text.parse(),
+        }
+    }
+}
+
 impl fmt::Display for Dur {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&duration::short(self.0))

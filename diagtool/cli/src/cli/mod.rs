@@ -11,8 +11,11 @@ pub(crate) mod client;
 mod commands;
 mod demo;
 mod dump;
+mod fleet;
+mod fleet_report;
 mod fmt;
 mod generate;
+mod prom;
 mod report;
 mod watch;
 
@@ -32,9 +35,10 @@ pub const DEFAULT_TARGET: &str = "http://127.0.0.1:6060";
 #[derive(Debug, Parser)]
 #[command(name = "diagtool", version, max_term_width = 100, after_help = EXAMPLES)]
 pub struct Cli {
-    /// Base URL of the target's debug port (http only).
-    #[arg(long, global = true, env = "DIAGTOOL_TARGET", hide_env_values = true, default_value = DEFAULT_TARGET)]
-    pub target: String,
+    /// Base URL of the target's debug port (http only). `watch` takes it more than once to follow
+    /// a fleet; every other command takes one.
+    #[arg(long, global = true, env = "DIAGTOOL_TARGET", hide_env_values = true, default_value = DEFAULT_TARGET, action = clap::ArgAction::Append)]
+    pub target: Vec<String>,
     /// Bearer token for a target whose debug port requires one.
     #[arg(long, global = true, env = "DIAGTOOL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -68,7 +72,7 @@ pub enum Command {
     },
     /// Sample the target every interval and judge the task growth of each spawn site.
     #[command(
-        after_help = "Examples:\n  diagtool watch --interval 10s --duration 5m\n  diagtool watch --interval 5s --duration 2m --json --fail-on-leak > watch.json\n  diagtool watch --record incident/ --duration 10m && diagtool report incident/"
+        after_help = "Examples:\n  diagtool watch --interval 10s --duration 5m\n  diagtool watch --interval 5s --duration 2m --json --fail-on-leak > watch.json\n  diagtool watch --record incident/ --duration 10m && diagtool report incident/\n  diagtool watch --target http://10.0.0.5:6060 --target http://10.0.0.6:6060 --duration 2m\n  diagtool watch --targets-file nodes.txt --interval 15s --duration 5m --json > fleet.json\n  diagtool watch --prometheus http://prom:9090 --selector '{job=\"shipper\"}' --duration 0s"
     )]
     Watch(WatchArgs),
     /// Compare two snapshot files site by site (like `go tool pprof -diff_base`).
@@ -220,13 +224,15 @@ pub struct WatchArgs {
     /// Time between samples.
     #[arg(long, value_name = "DUR", default_value = "30s")]
     pub interval: Dur,
-    /// Stop after DUR [default: until Ctrl-C].
-    #[arg(long, value_name = "DUR")]
+    /// Stop after DUR [default: until Ctrl-C]; `0s` takes one sample (with --prometheus: judges
+    /// the history and exits).
+    #[arg(long, value_name = "DUR", value_parser = Dur::or_zero)]
     pub duration: Option<Dur>,
     /// Growth in tasks per minute below which a site is stable.
     #[arg(long, value_name = "PER_MIN", default_value_t = crate::analysis::DEFAULT_THRESHOLD_PER_MIN)]
     pub threshold: f64,
-    /// Keep every snapshot, the final summary and (on a leak) a task dump in DIR.
+    /// Keep every snapshot, the final summary and (on a leak) a task dump in DIR (a fleet: a
+    /// folder per instance and the fleet's summary.json).
     #[arg(long, value_name = "DIR")]
     pub record: Option<PathBuf>,
     /// Print the diagtool.watch/v1 document at the end (tables then go to standard error).
@@ -238,6 +244,72 @@ pub struct WatchArgs {
     /// Rows in the growth table.
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub top: usize,
+    /// Follow every target listed in FILE (one URL a line; blank lines and `#` comments skipped),
+    /// with the `--target`s given.
+    #[arg(long, value_name = "FILE", conflicts_with = "prometheus")]
+    pub targets_file: Option<PathBuf>,
+    /// Judge the fleet from a Prometheus-compatible query API (Prometheus, Thanos, Mimir,
+    /// VictoriaMetrics) instead of debug ports: `query_range` over `--lookback`.
+    #[arg(long, value_name = "URL")]
+    pub prometheus: Option<String>,
+    /// The series selector ANDed to the metric, such as '{job="shipper"}' [default: every series].
+    #[arg(long, value_name = "SELECTOR", requires = "prometheus")]
+    pub selector: Option<String>,
+    /// History judged at once.
+    #[arg(
+        long,
+        value_name = "DUR",
+        default_value = "30m",
+        requires = "prometheus"
+    )]
+    pub lookback: Dur,
+    /// The prefix of the service's metrics (`<prefix>_tasks_live{site}`).
+    #[arg(
+        long,
+        value_name = "PREFIX",
+        default_value = "shipper",
+        requires = "prometheus"
+    )]
+    pub metric_prefix: String,
+    /// Resolution of `query_range` [default: lookback / 240, at least 1s].
+    #[arg(long, value_name = "DUR", requires = "prometheus")]
+    pub step: Option<Dur>,
+    /// Basic auth for the query API; without it, `--token` is sent as a bearer token.
+    #[arg(
+        long,
+        value_name = "USER:PASSWORD",
+        env = "DIAGTOOL_PROMETHEUS_BASIC_AUTH",
+        hide_env_values = true,
+        requires = "prometheus"
+    )]
+    pub basic_auth: Option<String>,
+}
+
+impl WatchArgs {
+    /// The defaults of a single-target watch, as the flags give them.
+    pub(crate) fn single() -> Self {
+        WatchArgs {
+            interval: Dur(std::time::Duration::from_secs(30)),
+            duration: None,
+            threshold: crate::analysis::DEFAULT_THRESHOLD_PER_MIN,
+            record: None,
+            json: false,
+            fail_on_leak: false,
+            top: 10,
+            targets_file: None,
+            prometheus: None,
+            selector: None,
+            lookback: Dur(std::time::Duration::from_secs(1800)),
+            metric_prefix: "shipper".to_owned(),
+            step: None,
+            basic_auth: None,
+        }
+    }
+
+    /// True when this watch follows more than the one `--target`.
+    fn is_fleet(&self, targets: &[String]) -> bool {
+        targets.len() > 1 || self.targets_file.is_some() || self.prometheus.is_some()
+    }
 }
 
 /// `snapshot --format`.
@@ -319,8 +391,26 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             duration: args.duration.0,
             shipper: args.shipper,
         }),
+        Command::Watch(args) if args.is_fleet(&cli.target) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
+            if args.prometheus.is_some() {
+                runtime.block_on(prom::watch(cli.token, &args))
+            } else {
+                runtime.block_on(fleet::watch(&cli.target, cli.token, &args))
+            }
+        }
         command => {
-            let client = Client::new(&cli.target, cli.token)?;
+            let [target] = cli.target.as_slice() else {
+                return Err(CliError::Input(format!(
+                    "{} --target flags given: only watch follows several; give one",
+                    cli.target.len()
+                ))
+                .into());
+            };
+            let client = Client::new(target, cli.token)?;
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -418,7 +508,66 @@ mod tests {
         };
         assert_eq!(args.interval.0, std::time::Duration::from_secs(30));
         assert_eq!((args.duration, args.top, args.json), (None, 10, false));
+        assert_eq!(cli.target, vec![DEFAULT_TARGET.to_owned()]);
+        assert!(!args.is_fleet(&cli.target));
         assert!(Cli::try_parse_from(["diagtool", "watch", "--interval", "soon"]).is_err());
+    }
+
+    #[test]
+    fn fleet_flags_match_the_contract() {
+        let cli = Cli::try_parse_from([
+            "diagtool",
+            "watch",
+            "--target",
+            "http://a:1",
+            "--target",
+            "http://b:2",
+        ])
+        .expect("parses");
+        assert_eq!(
+            cli.target,
+            vec!["http://a:1".to_owned(), "http://b:2".to_owned()]
+        );
+        let Command::Watch(args) = cli.command else {
+            panic!("not watch")
+        };
+        assert!(args.is_fleet(&cli.target));
+        let cli = Cli::try_parse_from([
+            "diagtool",
+            "watch",
+            "--prometheus",
+            "http://127.0.0.1:9090",
+            "--selector",
+            "{job=\"shipper\"}",
+            "--lookback",
+            "30m",
+            "--metric-prefix",
+            "shipper",
+            "--duration",
+            "0s",
+        ])
+        .expect("parses");
+        let Command::Watch(args) = cli.command else {
+            panic!("not watch")
+        };
+        assert_eq!(args.lookback.0, std::time::Duration::from_secs(1800));
+        assert_eq!(args.duration.map(|d| d.0), Some(std::time::Duration::ZERO));
+        assert!(args.is_fleet(&cli.target));
+        assert!(
+            Cli::try_parse_from(["diagtool", "watch", "--selector", "{}"]).is_err(),
+            "--selector needs --prometheus"
+        );
+        let two = Cli::try_parse_from([
+            "diagtool",
+            "--target",
+            "http://a:1",
+            "--target",
+            "http://b:2",
+            "snapshot",
+        ])
+        .expect("parses");
+        let err = run(two).expect_err("snapshot takes one target");
+        assert_eq!(exit_code(&err), 2);
     }
 
     #[test]

@@ -38,6 +38,12 @@ struct Recording {
 
 /// `diagtool report DIR [-o FILE]`.
 pub(super) fn report(dir: &Path, output: Option<&Path>) -> anyhow::Result<ExitCode> {
+    if !dir.join(snapshot_file(1)).exists() {
+        let instances = super::fleet_report::instance_dirs(dir);
+        if !instances.is_empty() {
+            return super::fleet_report::report(dir, &instances, output);
+        }
+    }
     let recording = load(dir)?;
     let out = output.map_or_else(|| dir.join("report.md"), Path::to_path_buf);
     let svg_path = chart_path(&out);
@@ -119,6 +125,11 @@ fn load(dir: &Path) -> anyhow::Result<Recording> {
         summary,
         dump,
     })
+}
+
+/// The snapshots of a recording, in order.
+pub(super) fn load_snapshots(dir: &Path) -> anyhow::Result<Vec<Snapshot>> {
+    load(dir).map(|r| r.snapshots)
 }
 
 /// The analysed snapshots (those since the last restart).

@@ -32,17 +32,7 @@ const DUMP_TRIES: u32 = 3;
 
 /// `diagtool watch`.
 pub(super) async fn watch(client: &Client, args: &WatchArgs) -> anyhow::Result<ExitCode> {
-    if !args.threshold.is_finite() || args.threshold < 0.0 {
-        return Err(CliError::Input(format!(
-            "--threshold {} is not a growth rate: give tasks per minute, 0 or more",
-            args.threshold
-        ))
-        .into());
-    }
-    let options = Options {
-        threshold_per_min: args.threshold,
-        ..Options::default()
-    };
+    let options = options(args)?;
     let mut recorder = args.record.as_deref().map(Recorder::create).transpose()?;
     let mut view = View::new(args.json, args.top, client.target());
     let interval = args.interval.0;
@@ -143,14 +133,28 @@ pub(super) async fn watch(client: &Client, args: &WatchArgs) -> anyhow::Result<E
     }
 }
 
+/// The analysis options from the flags; a bad `--threshold` is an input error.
+pub(super) fn options(args: &WatchArgs) -> Result<Options, CliError> {
+    if !args.threshold.is_finite() || args.threshold < 0.0 {
+        return Err(CliError::Input(format!(
+            "--threshold {} is not a growth rate: give tasks per minute, 0 or more",
+            args.threshold
+        )));
+    }
+    Ok(Options {
+        threshold_per_min: args.threshold,
+        ..Options::default()
+    })
+}
+
 /// What one sample produced: the snapshot (or the last error) and how many attempts failed.
-struct Outcome {
-    result: Result<(Snapshot, String), CliError>,
-    failures: u32,
+pub(super) struct Outcome {
+    pub(super) result: Result<(Snapshot, String), CliError>,
+    pub(super) failures: u32,
 }
 
 /// Fetches a snapshot, retrying up to [`ATTEMPTS`] times with `pause` in between.
-async fn sample(client: &Client, pause: Duration) -> Outcome {
+pub(super) async fn sample(client: &Client, pause: Duration) -> Outcome {
     let mut failures = 0;
     loop {
         match client.snapshot().await {
@@ -175,7 +179,7 @@ async fn sample(client: &Client, pause: Duration) -> Outcome {
 }
 
 /// Where frames go and how: in place on a terminal, appended otherwise.
-struct View {
+pub(super) struct View {
     to_stderr: bool,
     in_place: bool,
     top: usize,
@@ -183,7 +187,7 @@ struct View {
 }
 
 impl View {
-    fn new(json: bool, top: usize, target: &str) -> Self {
+    pub(super) fn new(json: bool, top: usize, target: &str) -> Self {
         let in_place = if json {
             std::io::stderr().is_terminal()
         } else {
@@ -209,11 +213,29 @@ impl View {
     }
 
     /// A one-line note between frames (a failed sample); kept visible under a redrawn table.
-    fn note(&self, text: &str) -> anyhow::Result<()> {
+    pub(super) fn note(&self, text: &str) -> anyhow::Result<()> {
         if self.in_place {
             return Ok(());
         }
         self.write(&format!("note: {text}\n"))
+    }
+
+    /// Shows an already rendered frame: redrawn in place on a terminal, appended otherwise.
+    pub(super) fn show(&self, text: &str) -> anyhow::Result<()> {
+        if self.in_place {
+            self.write(&format!("\x1b[H\x1b[2J{text}"))
+        } else {
+            self.write(&format!("{text}\n"))
+        }
+    }
+
+    /// Where this view draws, so a table can fit it.
+    pub(super) fn screen(&self) -> Screen {
+        match (self.in_place, self.to_stderr) {
+            (false, _) => Screen::Piped,
+            (true, false) => Screen::Stdout,
+            (true, true) => Screen::Stderr,
+        }
     }
 
     /// Draws one frame and returns it without terminal control codes (for the recording).
@@ -364,7 +386,7 @@ pub(super) fn snapshot_file(index: u64) -> String {
 }
 
 impl Recorder {
-    fn create(dir: &Path) -> anyhow::Result<Self> {
+    pub(super) fn create(dir: &Path) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| {
             CliError::Input(format!("cannot create --record {}: {e}", dir.display()))
         })?;
@@ -382,12 +404,12 @@ impl Recorder {
         })
     }
 
-    fn write(&self, name: &str, data: &str) -> anyhow::Result<()> {
+    pub(super) fn write(&self, name: &str, data: &str) -> anyhow::Result<()> {
         let path = self.dir.join(name);
         std::fs::write(&path, data).with_context(|| format!("cannot write {}", path.display()))
     }
 
-    fn save_snapshot(&mut self, text: &str) -> anyhow::Result<()> {
+    pub(super) fn save_snapshot(&mut self, text: &str) -> anyhow::Result<()> {
         self.write(&snapshot_file(self.next), text)?;
         self.next += 1;
         Ok(())
@@ -399,7 +421,11 @@ impl Recorder {
         Ok(())
     }
 
-    fn save_summary(&self, report: &crate::model::WatchReport, table: &str) -> anyhow::Result<()> {
+    pub(super) fn save_summary(
+        &self,
+        report: &crate::model::WatchReport,
+        table: &str,
+    ) -> anyhow::Result<()> {
         let json =
             serde_json::to_string_pretty(report).context("cannot encode the watch document")?;
         self.write("summary.json", &format!("{json}\n"))?;

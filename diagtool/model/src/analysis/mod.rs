@@ -102,6 +102,7 @@ impl Analysis {
             errors,
             restarts: self.restarts.clone(),
             threshold_per_min: Some(self.threshold_per_min),
+            unreachable: Vec::new(),
         }
     }
 }
@@ -251,6 +252,7 @@ fn row(
         oldest_age_s: round2(last.map_or(0.0, |p| p.oldest_age_s)),
         verdict,
         robust_growth_per_min: round2(robust),
+        instance: None,
     }
 }
 
