@@ -1,6 +1,6 @@
 //! tokio-console, read the way the `tokio-console` CLI reads it: `console-api`'s generated gRPC
 //! client against a real shipper started with `--console`. The shipper's supervised components
-//! must arrive named, each with the spawn location in `shipper/src/lib.rs` where it is started, and
+//! must arrive named, each with the spawn location in `shipper/src/wiring.rs` where it is started, and
 //! the leak lab's unnamed tasks with theirs in `shipper/src/leaklab.rs`.
 #![allow(clippy::unwrap_used)]
 
