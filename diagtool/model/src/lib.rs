@@ -8,6 +8,7 @@
 
 pub mod analysis;
 pub mod duration;
+pub mod heap;
 pub mod loki;
 pub mod pprof;
 pub mod text;
