@@ -50,6 +50,7 @@ pub mod cpu;
 pub mod dump;
 mod dump_global;
 mod dump_render;
+mod dump_root;
 pub mod process;
 pub mod registry;
 pub mod router;
