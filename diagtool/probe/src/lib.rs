@@ -57,8 +57,9 @@
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
 // Without the flag tokio compiles its runtime hooks and task dumps out, and this crate would fail
-// with dozens of "not found" errors that do not say why; this one says what to do.
-#[cfg(not(tokio_unstable))]
+// with dozens of "not found" errors that do not say why; this one says what to do. Not under
+// rustdoc, which `build.rustflags` does not reach (doctests and docs.rs document it without).
+#[cfg(all(not(tokio_unstable), not(doc)))]
 compile_error!(
     "diagtool-probe needs tokio's unstable APIs (runtime task hooks, task dumps): build with \
      RUSTFLAGS=\"--cfg tokio_unstable\", or add to .cargo/config.toml at your workspace root:\n\
