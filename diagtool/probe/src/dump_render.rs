@@ -116,11 +116,17 @@ fn frames_of(trace: &tokio::runtime::dump::Trace, rooted: Option<&str>) -> Vec<S
             }
         }
         if let Some(site) = rooted {
-            let outermost = backtrace
-                .frames()
-                .last()
-                .map(|f| f.symbol_address() as usize);
-            stack.extend(root_frames(outermost, site, &stack));
+            let outermost = backtrace.frames().last();
+            // A wrapped task's outermost frame is the wrapper's own: nothing was lost above it,
+            // and each wrapped future type would cost a search.
+            let wrapped = outermost
+                .and_then(|frame| frame.symbols().last())
+                .and_then(|symbol| symbol.name_demangled())
+                .is_some_and(|name| name.contains(WRAPPER));
+            if !wrapped {
+                let address = outermost.map(|f| f.symbol_address() as usize);
+                stack.extend(root_frames(address, site, &stack));
+            }
         }
         stack.reverse();
         let shared = stack
@@ -142,6 +148,9 @@ pub(crate) fn with_future(mut frames: Vec<String>, future: &str) -> Vec<String> 
     }
     frames
 }
+
+/// The probe's wrapper, as its `poll` is named in a trace.
+const WRAPPER: &str = "diagtool_probe::selftrace::Traced<";
 
 /// `function at file:line` (file shortened), or `None` for tokio's tracing machinery.
 fn symbol_text(name: &str, file: Option<&str>, line: Option<u32>) -> Option<String> {

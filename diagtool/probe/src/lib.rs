@@ -43,8 +43,9 @@
 //! their own frames in release-build dumps.
 //!
 //! What a host wires, beyond serving `/debug/*`:
-//! - `/metrics`: call [`record_metrics`]`("shipper", probe.registry(), &handle)` right before
-//!   rendering the Prometheus exporter's text, for `shipper_tasks_live{site}`,
+//! - `/metrics`: call [`Probe::record_metrics`] (names prefixed with the service's name, see
+//!   [`Probe::metrics_prefix`]) or [`record_metrics`]`("shipper", probe.registry(), &handle)` right
+//!   before rendering the Prometheus exporter's text, for `shipper_tasks_live{site}`,
 //!   `shipper_tasks_spawned_total{site}` and `shipper_tokio_*`;
 //! - a task-growth check for `/health`: [`TaskRegistry::sites`] (or [`Probe::snapshot`]) gives
 //!   live tasks per site at any moment, cheaply;

@@ -103,6 +103,19 @@ fn global_dump_of_plain_spawns_shows_their_fn_and_await_line() {
         let site_line = line!() - 2;
         let pending = tokio::spawn(std::future::pending::<()>());
         let pending_line = line!() - 1;
+        // A wrapped task in the same global dump: its own frames, nothing searched above them.
+        let (wrapped_tx, wrapped_rx) = tokio::sync::oneshot::channel();
+        let wrapped = spawn_named("wrapped", park_on_channel(wrapped_rx));
+        let wrapped_line = line!() - 1;
+        // Two plain tasks parked on the same tokio function from two places of this file: the
+        // search cannot tell which is which, so (in release, where both are inlined into their
+        // task roots) it names both as candidates rather than guess.
+        let (twin_a_tx, twin_a) = tokio::sync::oneshot::channel::<u32>();
+        let (twin_b_tx, twin_b) = tokio::sync::oneshot::channel::<u32>();
+        let twin_a = tokio::spawn(async move { twin_a.await.ok() });
+        let twin_a_line = line!() - 1;
+        let twin_b = tokio::spawn(async move { twin_b.await.ok() });
+        let twin_b_line = line!() - 1;
         tokio::time::sleep(Duration::from_millis(20)).await;
         let dump = dumper
             .dump_mode(
@@ -141,6 +154,43 @@ fn global_dump_of_plain_spawns_shows_their_fn_and_await_line() {
             })
             .unwrap_or_else(|| panic!("no group at line {pending_line}: {dump:#?}"));
         assert_eq!(parked.trace, vec![NO_TOKIO_LEAF.to_owned()]);
+
+        let wrapped_group = dump
+            .groups
+            .iter()
+            .find(|g| {
+                g.site
+                    .ends_with(&format!("dump_release.rs:{wrapped_line}:23"))
+            })
+            .unwrap_or_else(|| panic!("no group at line {wrapped_line}: {dump:#?}"));
+        let joined = wrapped_group.trace.join("\n");
+        assert!(
+            joined.contains(&format!("dump_release.rs:{PARK_LINE}")),
+            "{joined}"
+        );
+        assert!(!joined.contains("places in the code"), "{joined}");
+
+        if !cfg!(debug_assertions) {
+            for line in [twin_a_line, twin_b_line] {
+                let twin = dump
+                    .groups
+                    .iter()
+                    .find(|g| g.site.ends_with(&format!("dump_release.rs:{line}:22")))
+                    .unwrap_or_else(|| panic!("no group at line {line}: {dump:#?}"));
+                let joined = twin.trace.join("\n");
+                assert!(joined.contains("2 places in the code"), "{joined}");
+                for place in [twin_a_line, twin_b_line] {
+                    assert!(
+                        joined.contains(&format!("dump_release.rs:{place}")),
+                        "{joined}"
+                    );
+                }
+            }
+        }
+        drop((wrapped_tx, twin_a_tx, twin_b_tx));
+        wrapped.await.expect("wrapped");
+        twin_a.await.expect("twin a");
+        twin_b.await.expect("twin b");
         pending.abort();
         drop(senders);
         for handle in handles {
