@@ -17,9 +17,11 @@
 //! kept; when several still remain, the dump names them all as candidates rather than guess.
 //!
 //! Cost: one read of the executable's mapped code (through `/proc/self/mem`, so an address that
-//! is not mapped is an error, not a crash) and a byte scan per distinct callee, about 10-30 ms on a
-//! 20 MB text, cached for the life of the process (the code does not change). It runs only for
-//! global dumps, on the debug server's blocking thread, after the trace was taken.
+//! is not mapped is an error, not a crash) and a byte scan per distinct callee, cached for the
+//! life of the process (the code does not change). Measured on `examples/leaky-service` (4 MB of
+//! code, release, a loaded machine): its first global dump took 0.2 s in all, symbol loading
+//! included, and later ones about 2 ms until a new callee shows. It runs only for global dumps, on
+//! the debug server's blocking thread, after the trace was taken.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
