@@ -32,14 +32,14 @@ use tokio::task::Id;
 
 use super::TaskRegistry;
 use super::dump_global;
-use super::dump_render::TraceKeyer;
+use super::dump_render::{TraceKeyer, with_future};
 use super::registry::LiveTask;
 use super::selftrace::{self, Answer};
 use super::snapshot::{round_ms, task_id_u64, unix_ms};
 use crate::model::{DUMP_SCHEMA, Dump, DumpGroup, DumpTask, NotTraced};
 
 pub use super::dump_global::{BUSY_CHECKS, BUSY_RECHECK, MAX_TRACE_QUEUE_DEPTH, deepest_queue};
-pub use super::dump_render::{frames, render_text, to_pprof};
+pub use super::dump_render::{NO_TOKIO_LEAF, ROOT_NOT_FOUND, frames, render_text, to_pprof};
 
 /// The site shown for a task the registry never saw spawn.
 pub const UNKNOWN_SITE: &str = "<unknown>";
@@ -274,10 +274,17 @@ impl Dumper {
             other => other?,
         };
         let live = self.live();
+        // Wrapped tasks' future types, for those parked where tokio's trace sees nothing.
+        let futures: HashMap<Id, &'static str> = selftrace::slots(|id| live.contains_key(&id))
+            .iter()
+            .map(|slot| (slot.id(), slot.future()))
+            .collect();
         let taken_at_ms = unix_ms();
-        tokio::task::spawn_blocking(move || dump_global::build(&traced, &live, taken_at_ms))
-            .await
-            .map_err(|err| DumpError::Resolve(err.to_string()))
+        tokio::task::spawn_blocking(move || {
+            dump_global::build(&traced, &live, &futures, taken_at_ms)
+        })
+        .await
+        .map_err(|err| DumpError::Resolve(err.to_string()))
     }
 
     fn live(&self) -> HashMap<Id, LiveTask> {
@@ -301,7 +308,8 @@ impl Dumper {
             tokio::time::sleep(ANSWER_CHECK).await;
         }
         let taken_at_ms = unix_ms();
-        let mut answers: HashMap<Id, Option<Answer>> = HashMap::with_capacity(slots.len());
+        let mut answers: HashMap<Id, (Option<Answer>, &'static str)> =
+            HashMap::with_capacity(slots.len());
         let mut live = live;
         for slot in &slots {
             if slot.ended() {
@@ -311,9 +319,9 @@ impl Dumper {
             }
             let answer = slot.take_answer(epoch);
             // Two wrappers in one task: the outer one's trace covers the inner one.
-            let entry = answers.entry(slot.id()).or_insert(None);
-            if !matches!(entry, Some(Answer::Traced(_))) && answer.is_some() {
-                *entry = answer;
+            let entry = answers.entry(slot.id()).or_insert((None, slot.future()));
+            if !matches!(entry.0, Some(Answer::Traced(_))) && answer.is_some() {
+                *entry = (answer, slot.future());
             }
         }
         tokio::task::spawn_blocking(move || build_self(answers, &live, taken_at_ms, timeout))
@@ -325,7 +333,7 @@ impl Dumper {
 /// Joins the answers of a self-traced dump to the registry: every live task once, traced or
 /// with the reason it was not.
 fn build_self(
-    answers: HashMap<Id, Option<Answer>>,
+    answers: HashMap<Id, (Option<Answer>, &'static str)>,
     live: &HashMap<Id, LiveTask>,
     taken_at_ms: u64,
     timeout: Duration,
@@ -345,15 +353,18 @@ fn build_self(
     ];
     const UNWRAPPED_LINE: usize = 0;
     const NO_ANSWER_LINE: usize = 1;
-    let mut by_raw: HashMap<(u64, u64), usize> = HashMap::new();
+    // Keyed by the raw trace and the future's type (by address: the same type names the same
+    // static string), which names a task whose trace is empty.
+    let mut by_raw: HashMap<((u64, u64), usize), usize> = HashMap::new();
     let mut keyer = TraceKeyer::default();
     let mut counts = NotTraced::default();
     let mut rows: Vec<(u64, &LiveTask, usize)> = Vec::with_capacity(live.len());
     for (id, task) in live {
         let index = match answers.get(id) {
-            Some(Some(Answer::Traced(trace))) => {
-                *by_raw.entry(keyer.key(trace)).or_insert_with(|| {
-                    traces.push(frames(trace));
+            Some((Some(Answer::Traced(trace)), future)) => {
+                let key = (keyer.key(trace), future.as_ptr() as usize);
+                *by_raw.entry(key).or_insert_with(|| {
+                    traces.push(with_future(frames(trace), future));
                     traces.len() - 1
                 })
             }

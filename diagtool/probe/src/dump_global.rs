@@ -21,7 +21,7 @@ use tokio::runtime::Handle;
 use tokio::task::Id;
 
 use super::dump::{DumpError, UNKNOWN_SITE, group};
-use super::dump_render::{TraceKeyer, frames};
+use super::dump_render::{TraceKeyer, frames_rooted, with_future};
 use super::registry::LiveTask;
 use super::snapshot::{round_ms, task_id_u64};
 use crate::model::{DUMP_SCHEMA, Dump, DumpTask};
@@ -124,23 +124,31 @@ async fn wait_until_quiet(handle: &Handle) -> Result<(), DumpError> {
 pub(crate) fn build(
     traced: &tokio::runtime::Dump,
     live: &HashMap<Id, LiveTask>,
+    futures: &HashMap<Id, &'static str>,
     taken_at_ms: u64,
 ) -> Dump {
-    // Keyed by the unresolved trace's addresses (see `TraceKeyer`): one symbolised per group.
-    let mut by_raw: HashMap<(u64, u64), usize> = HashMap::new();
+    // Keyed by the unresolved trace's addresses (see `TraceKeyer`) and the spawn site, which
+    // picks among the places a task's lost root frames may be (`frames_rooted`): one symbolised
+    // per group.
+    let mut by_raw: HashMap<((u64, u64), &str, usize), usize> = HashMap::new();
     let mut resolved: Vec<Vec<String>> = Vec::new();
     let mut tasks = Vec::new();
     let mut keyer = TraceKeyer::default();
     for task in traced.tasks().iter() {
         let raw = keyer.key(task.trace());
-        let index = *by_raw.entry(raw).or_insert_with(|| {
-            resolved.push(frames(task.trace()));
-            resolved.len() - 1
-        });
         let known = live.get(&task.id());
+        let site = known.map_or(UNKNOWN_SITE, |t| t.site.as_str());
+        // A wrapped task's future type names it where its trace is empty (see `with_future`).
+        let future = futures.get(&task.id()).copied().unwrap_or("");
+        let index = *by_raw
+            .entry((raw, site, future.as_ptr() as usize))
+            .or_insert_with(|| {
+                resolved.push(with_future(frames_rooted(task.trace(), site), future));
+                resolved.len() - 1
+            });
         tasks.push(DumpTask {
             id: task_id_u64(task.id()),
-            site: known.map_or_else(|| UNKNOWN_SITE.to_owned(), |t| t.site.clone()),
+            site: site.to_owned(),
             name: known.and_then(|t| t.name.clone()),
             age_s: known.map_or(0.0, |t| round_ms(t.age_s)),
             trace: resolved[index].clone(),

@@ -73,13 +73,37 @@ const NOISE_PREFIXES: &[&str] = &[
     "core::cell::",
 ];
 
+/// The trace line of a task whose poll reached no tokio leaf future.
+pub const NO_TOKIO_LEAF: &str = "(not waiting on a tokio resource: a pending or foreign future, \
+     such as std::future::pending or a futures channel; tokio's trace sees only tokio's own leaves)";
+
+/// The trace line of a global dump's task whose own frames tokio's trace left out and the code
+/// search ([`super::dump_root`]) could not find.
+pub const ROOT_NOT_FOUND: &str = "(the task's own frames were inlined into tokio's task root, \
+     which tokio's trace leaves out; spawn it with diagtool_probe::spawn_named or traced() to keep them)";
+
 /// One trace as frames, outermost first, each `function at file:line` (the file shortened).
 /// tokio gives one backtrace per leaf future polled (several under `join!`); a later backtrace
 /// adds only the frames past its common prefix with the one before, so shared callers show once.
+/// A trace that reached no tokio leaf is the one line [`NO_TOKIO_LEAF`].
 pub fn frames(trace: &tokio::runtime::dump::Trace) -> Vec<String> {
+    frames_of(trace, None)
+}
+
+/// [`frames`] for a global dump's task spawned at `site`: each backtrace also gets the frames
+/// tokio's trace leaves out, those inlined into the task's root (see [`super::dump_root`]).
+pub(crate) fn frames_rooted(trace: &tokio::runtime::dump::Trace, site: &str) -> Vec<String> {
+    frames_of(trace, Some(site))
+}
+
+fn frames_of(trace: &tokio::runtime::dump::Trace, rooted: Option<&str>) -> Vec<String> {
+    let backtraces = trace.resolve_backtraces();
+    if backtraces.is_empty() {
+        return vec![NO_TOKIO_LEAF.to_owned()];
+    }
     let mut out: Vec<String> = Vec::new();
     let mut previous: Vec<String> = Vec::new();
-    for backtrace in trace.resolve_backtraces() {
+    for backtrace in backtraces {
         // Frames come innermost first; a frame holds its inlined symbols innermost first too.
         let mut stack: Vec<String> = Vec::new();
         for frame in backtrace.frames() {
@@ -87,17 +111,21 @@ pub fn frames(trace: &tokio::runtime::dump::Trace) -> Vec<String> {
                 let Some(name) = symbol.name_demangled() else {
                     continue;
                 };
-                let name = strip_hash(name);
-                if NOISE_PREFIXES.iter().any(|prefix| name.starts_with(prefix)) {
-                    continue;
-                }
-                let text = match (symbol.filename(), symbol.lineno()) {
-                    (Some(file), Some(line)) => {
-                        format!("{name} at {}:{line}", frame_path(&file.to_string_lossy()))
-                    }
-                    _ => name.to_owned(),
-                };
-                stack.push(text);
+                let file = symbol.filename().map(|f| f.to_string_lossy());
+                stack.extend(symbol_text(name, file.as_deref(), symbol.lineno()));
+            }
+        }
+        if let Some(site) = rooted {
+            let outermost = backtrace.frames().last();
+            // A wrapped task's outermost frame is the wrapper's own: nothing was lost above it,
+            // and each wrapped future type would cost a search.
+            let wrapped = outermost
+                .and_then(|frame| frame.symbols().last())
+                .and_then(|symbol| symbol.name_demangled())
+                .is_some_and(|name| name.contains(WRAPPER));
+            if !wrapped {
+                let address = outermost.map(|f| f.symbol_address() as usize);
+                stack.extend(root_frames(address, site, &stack));
             }
         }
         stack.reverse();
@@ -110,6 +138,93 @@ pub fn frames(trace: &tokio::runtime::dump::Trace) -> Vec<String> {
         previous = stack;
     }
     out
+}
+
+/// `frames` of a task whose future has type `future` (empty: unknown): when the trace reached no
+/// tokio leaf, the future's type name is the one frame of the task's own to show.
+pub(crate) fn with_future(mut frames: Vec<String>, future: &str) -> Vec<String> {
+    if !future.is_empty() && frames.len() == 1 && frames[0] == NO_TOKIO_LEAF {
+        frames.insert(0, format!("{future} (the task's future)"));
+    }
+    frames
+}
+
+/// The probe's wrapper, as its `poll` is named in a trace.
+const WRAPPER: &str = "diagtool_probe::selftrace::Traced<";
+
+/// `function at file:line` (file shortened), or `None` for tokio's tracing machinery.
+fn symbol_text(name: &str, file: Option<&str>, line: Option<u32>) -> Option<String> {
+    let name = strip_hash(name);
+    if NOISE_PREFIXES.iter().any(|prefix| name.starts_with(prefix)) {
+        return None;
+    }
+    Some(match (file, line) {
+        (Some(file), Some(line)) => format!("{name} at {}:{line}", frame_path(file)),
+        _ => name.to_owned(),
+    })
+}
+
+/// The frames (innermost first) inlined into the task's root that called the function at
+/// `outermost` (the backtrace's outermost kept frame), chosen as [`super::dump_root`] says.
+fn root_frames(outermost: Option<usize>, site: &str, stack: &[String]) -> Vec<String> {
+    let places = outermost.map(super::dump_root::places).unwrap_or_default();
+    let texts = |place: &super::dump_root::Place| -> Vec<String> {
+        place
+            .iter()
+            .filter_map(|s| symbol_text(&s.name, s.file.as_deref(), s.line))
+            .collect()
+    };
+    let site_file = site.rsplitn(3, ':').last().unwrap_or(site);
+    let mut chosen: Vec<&super::dump_root::Place> = places.iter().collect();
+    if chosen.len() > 1 {
+        let in_site_file: Vec<_> = chosen
+            .iter()
+            .copied()
+            .filter(|place| {
+                place.iter().any(|s| {
+                    s.file
+                        .as_deref()
+                        .is_some_and(|file| frame_path(file) == site_file)
+                })
+            })
+            .collect();
+        if !in_site_file.is_empty() {
+            chosen = in_site_file;
+        }
+    }
+    match chosen.as_slice() {
+        [] => {
+            // Only worth saying when nothing of the task's own shows.
+            let own = stack.iter().any(|frame| !is_runtime_frame(frame));
+            if own {
+                Vec::new()
+            } else {
+                vec![ROOT_NOT_FOUND.to_owned()]
+            }
+        }
+        [one] => texts(one),
+        several => {
+            let listed: Vec<String> = several
+                .iter()
+                .filter_map(|place| texts(place).last().cloned())
+                .collect();
+            vec![format!(
+                "(the task's own frames were inlined into tokio's task root, which tokio's trace \
+                 leaves out; {} places in the code park like this one: {})",
+                several.len(),
+                listed.join(" | ")
+            )]
+        }
+    }
+}
+
+/// A frame of tokio, the standard library or the probe's wrapper: not the service's own.
+fn is_runtime_frame(frame: &str) -> bool {
+    [
+        "tokio::", "<tokio::", "core::", "<core::", "std::", "<std::", "alloc::", "<alloc::",
+    ]
+    .iter()
+    .any(|prefix| frame.starts_with(prefix))
 }
 
 /// Debug info names files by absolute path; show workspace files relative (to the current
@@ -133,7 +248,7 @@ fn frame_path(path: &str) -> String {
 }
 
 /// Drops the `::h0123456789abcdef` suffix of a legacy-mangled symbol.
-fn strip_hash(name: &str) -> &str {
+pub(crate) fn strip_hash(name: &str) -> &str {
     match name.rsplit_once("::h") {
         Some((head, hash)) if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => {
             head
@@ -218,10 +333,7 @@ pub fn render_text(dump: &Dump, debug: u8) -> String {
 /// Leaf first, like Go's goroutine dump.
 fn write_trace(out: &mut String, trace: &[String]) {
     if trace.is_empty() {
-        let _ = writeln!(
-            out,
-            "#\t(no trace: the task was not parked on a tokio resource)"
-        );
+        let _ = writeln!(out, "#\t{NO_TOKIO_LEAF}");
     }
     for frame in trace.iter().rev() {
         let _ = writeln!(out, "#\t{frame}");

@@ -5,7 +5,18 @@
 //! on in production (a few percent per spawn+join); tokio-console ([`console`]) is the expensive,
 //! opt-in extra.
 //!
-//! Adopting it takes one line on the runtime builder and one started server:
+//! Adopting it takes three lines: the dependency, `--cfg tokio_unstable` in
+//! `.cargo/config.toml`, and [`start`] in place of `#[tokio::main]` (`docs/embedding.md`):
+//! ```no_run
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let probed = diagtool_probe::start("my-service")?;
+//!     probed.block_on(async {
+//!         // ... the service: plain tokio::spawn is seen
+//!     });
+//!     Ok(())
+//! }
+//! ```
+//! The same by parts, one line on the runtime builder and one started server:
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let mut runtime = tokio::runtime::Builder::new_multi_thread();
@@ -32,8 +43,9 @@
 //! their own frames in release-build dumps.
 //!
 //! What a host wires, beyond serving `/debug/*`:
-//! - `/metrics`: call [`record_metrics`]`("shipper", probe.registry(), &handle)` right before
-//!   rendering the Prometheus exporter's text, for `shipper_tasks_live{site}`,
+//! - `/metrics`: call [`Probe::record_metrics`] (names prefixed with the service's name, see
+//!   [`Probe::metrics_prefix`]) or [`record_metrics`]`("shipper", probe.registry(), &handle)` right
+//!   before rendering the Prometheus exporter's text, for `shipper_tasks_live{site}`,
 //!   `shipper_tasks_spawned_total{site}` and `shipper_tokio_*`;
 //! - a task-growth check for `/health`: [`TaskRegistry::sites`] (or [`Probe::snapshot`]) gives
 //!   live tasks per site at any moment, cheaply;
@@ -45,11 +57,27 @@
 //! ([`check_bind`]).
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
+// Without the flag tokio compiles its runtime hooks and task dumps out, and this crate would fail
+// with dozens of "not found" errors that do not say why; this one says what to do. Not under
+// rustdoc, which `build.rustflags` does not reach (doctests and docs.rs document it without).
+#[cfg(all(not(tokio_unstable), not(doc)))]
+compile_error!(
+    "diagtool-probe needs tokio's unstable APIs (runtime task hooks, task dumps): build with \
+     RUSTFLAGS=\"--cfg tokio_unstable\", or add to .cargo/config.toml at your workspace root:\n\
+     \n\
+     [build]\n\
+     rustflags = [\"--cfg\", \"tokio_unstable\"]\n\
+     \n\
+     (see docs/embedding.md in the diagtool repository)"
+);
+
 pub mod console;
 pub mod cpu;
 pub mod dump;
 mod dump_global;
 mod dump_render;
+mod dump_root;
+mod embed;
 pub mod process;
 pub mod registry;
 pub mod router;
@@ -68,6 +96,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use dump::{DumpError, DumpMode, Dumper};
+pub use embed::{Probed, start};
 pub use process::process_stats;
 pub use registry::{LiveTask, SiteCounts, TaskRegistry, Totals, format_site, short_path};
 pub use router::{check_bind, router, serve};
@@ -149,6 +178,15 @@ pub enum ProbeError {
         addr: SocketAddr,
         /// How long the stop waited.
         waited: Duration,
+    },
+    /// The service's tokio runtime could not be built ([`ProbeBuilder::start`]).
+    #[error(
+        "cannot build the service's tokio runtime: {source}; the process may be out of threads or memory (see ulimit -u)"
+    )]
+    Runtime {
+        /// The cause.
+        #[source]
+        source: std::io::Error,
     },
     /// The debug server's thread panicked (a bug: please report it with the log).
     #[error("the debug server on {addr} panicked; /debug was not served since")]
@@ -415,6 +453,36 @@ impl Probe {
     /// The configured debug address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The prefix of the service's metric names: its name with every character that is not an
+    /// ASCII letter, digit or `_` turned into `_` (`leaky-service` -> `leaky_service`), and a
+    /// leading digit guarded by `_`.
+    ///
+    /// # Examples
+    /// ```
+    /// let mut runtime = tokio::runtime::Builder::new_current_thread();
+    /// let probe = diagtool_probe::Probe::builder("leaky-service").install(&mut runtime).unwrap();
+    /// assert_eq!(probe.metrics_prefix(), "leaky_service");
+    /// ```
+    pub fn metrics_prefix(&self) -> String {
+        let mut prefix: String = self
+            .service
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        if prefix.is_empty() || prefix.starts_with(|c: char| c.is_ascii_digit()) {
+            prefix.insert(0, '_');
+        }
+        prefix
+    }
+
+    /// [`record_metrics`] under [`Probe::metrics_prefix`] for the runtime of [`Probe::host`]:
+    /// call it right before rendering `/metrics`. Does nothing without a runtime.
+    pub fn record_metrics(&self) {
+        if let Some(handle) = self.host() {
+            record_metrics(&self.metrics_prefix(), &self.registry, &handle);
+        }
     }
 
     /// The bearer token, when one is configured.

@@ -57,6 +57,9 @@ pub(crate) enum Answer {
 pub(crate) struct Slot {
     /// The task's id (process-unique, as in the registry).
     id: Id,
+    /// The wrapped future's type name (`std::any::type_name`): the one frame a dump can show of
+    /// a task parked where tokio's trace sees nothing (a pending or foreign future).
+    future: &'static str,
     /// The epoch of the latest request (0: none yet).
     asked: AtomicU64,
     /// The epoch of the latest answer.
@@ -83,6 +86,11 @@ impl Slot {
     /// True once the task answered request `epoch` (or ended, which needs no answer).
     pub(crate) fn done(&self, epoch: u64) -> bool {
         self.answered.load(Ordering::Acquire) >= epoch || self.ended.load(Ordering::Acquire)
+    }
+
+    /// The wrapped future's type name, such as `service::park::{{closure}}`.
+    pub(crate) fn future(&self) -> &'static str {
+        self.future
     }
 
     /// True once the task ended.
@@ -205,7 +213,7 @@ impl<F> Traced<F> {
 
 impl BoardEntry {
     /// After a `Pending`: registers the task (first time), or stores its waker when it changed.
-    fn parked(&mut self, waker: &Waker) {
+    fn parked(&mut self, waker: &Waker, future: &'static str) {
         let print = fingerprint(waker);
         match &self.slot {
             Some(_) if self.stored == print => {}
@@ -214,18 +222,19 @@ impl BoardEntry {
                 self.stored = print;
             }
             None if self.outside => {}
-            None => self.register(waker, print),
+            None => self.register(waker, print, future),
         }
     }
 
     #[cold]
-    fn register(&mut self, waker: &Waker, print: (usize, usize)) {
+    fn register(&mut self, waker: &Waker, print: (usize, usize), future: &'static str) {
         let Some(id) = tokio::task::try_id() else {
             self.outside = true;
             return;
         };
         let slot = Arc::new(Slot {
             id,
+            future,
             asked: AtomicU64::new(0),
             answered: AtomicU64::new(0),
             ended: AtomicBool::new(false),
@@ -265,7 +274,7 @@ impl<F: Future> Future for Traced<F> {
             _ => this.future.poll(cx),
         };
         if polled.is_pending() {
-            state.parked(cx.waker());
+            state.parked(cx.waker(), std::any::type_name::<F>());
         }
         polled
     }
