@@ -24,8 +24,8 @@ use super::watch::{Recorder, Screen, View, options, sample};
 use super::{CliError, Client, WatchArgs};
 use crate::analysis::{Analysis, analyze};
 use crate::model::{
-    Overall, Snapshot, UnreachableInstance, Verdict, WATCH_SCHEMA, WatchReport, WatchSite,
-    WatchTotal,
+    Overall, Snapshot, UnreachableInstance, Verdict, WATCH_SCHEMA, WatchKind, WatchReport,
+    WatchSite, WatchTotal,
 };
 
 /// Targets sampled at once: enough that a slow or dead target does not hold the others' sample
@@ -275,6 +275,7 @@ pub(super) fn report(target: &str, views: &[InstanceView], threshold: f64) -> Wa
     };
     WatchReport {
         schema: WATCH_SCHEMA.to_owned(),
+        kind: WatchKind::Tasks,
         target: target.to_owned(),
         samples: analysed.iter().map(|a| a.samples as u64).max().unwrap_or(0),
         span_s: analysed.iter().map(|a| a.span_s).fold(0.0, f64::max),

@@ -13,6 +13,7 @@
 
 mod diff;
 mod fit;
+pub mod heap;
 pub mod rules;
 pub mod series;
 
@@ -24,7 +25,8 @@ pub use rules::{
 pub use series::{Point, SiteSeries, site_series, split_at_restarts};
 
 use crate::{
-    Overall, Restart, Snapshot, Verdict, WATCH_SCHEMA, WatchReport, WatchSite, WatchTotal,
+    Overall, Restart, Snapshot, Verdict, WATCH_SCHEMA, WatchKind, WatchReport, WatchSite,
+    WatchTotal,
 };
 
 /// The default growth threshold, in tasks per minute.
@@ -93,6 +95,7 @@ impl Analysis {
     pub fn to_report(&self, target: &str, errors: u64) -> WatchReport {
         WatchReport {
             schema: WATCH_SCHEMA.to_owned(),
+            kind: WatchKind::Tasks,
             target: target.to_owned(),
             samples: self.samples as u64,
             span_s: round2(self.span_s),
@@ -253,6 +256,10 @@ fn row(
         verdict,
         robust_growth_per_min: round2(robust),
         instance: None,
+        inuse_bytes: None,
+        inuse_objects: None,
+        function: None,
+        stack: Vec::new(),
     }
 }
 
