@@ -166,7 +166,8 @@ impl Client {
     }
 
     /// `GET /debug/pprof/heap`: the gzipped pprof heap profile. A target that answers 501 (built
-    /// without heap profiling, or with the profiler inactive) is [`CliError::Unsupported`],
+    /// without heap profiling, or with the profiler inactive) or 404 (a probe from before heap
+    /// profiles) is [`CliError::Unsupported`],
     /// quoting its answer, which says how to enable it; a 429 (another profile is being taken)
     /// is waited out a few times.
     pub async fn heap(&self) -> Result<Vec<u8>, CliError> {
@@ -180,6 +181,17 @@ impl Client {
                         target: self.target().to_owned(),
                         what: "heap profiles",
                         reason: format!("{url} answered 501: {}", whole_message(&body)),
+                    });
+                }
+                // A probe from before heap profiles has no such route.
+                StatusCode::NOT_FOUND => {
+                    return Err(CliError::Unsupported {
+                        target: self.target().to_owned(),
+                        what: "heap profiles",
+                        reason: format!(
+                            "{url} does not exist (404): the service's diagtool-probe predates \
+                             heap profiles, or --target is not a diagtool debug port"
+                        ),
                     });
                 }
                 StatusCode::TOO_MANY_REQUESTS if busy < HEAP_BUSY_RETRIES => {
