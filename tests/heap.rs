@@ -120,7 +120,8 @@ fn the_bounded_twin_of_the_cache_passes() {
     let (code, doc, err) = watch_heap(&shipper.debug_addr);
     assert_eq!(code, Some(0), "{doc:#}\n{err}");
     assert_eq!(doc["verdict"], "ok", "{doc:#}");
-    assert!(doc["samples"].as_u64().unwrap_or(0) >= 14, "{doc:#}");
+    // 16 planned; fewer when the probe of a debug build is slow to symbolise a profile.
+    assert!(doc["samples"].as_u64().unwrap_or(0) >= 8, "{doc:#}");
     assert!(shipper.terminate(Duration::from_secs(15)).success());
 }
 
