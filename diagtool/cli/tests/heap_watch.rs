@@ -303,3 +303,15 @@ fn watch_heap_takes_one_target() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_probe_without_the_heap_route_exits_3_saying_so() {
+    let target = FakeTarget::start(Script::Clean);
+    // Under a path prefix every route of the fake target is missing: a 404.
+    let url = format!("{}/old-probe", target.url);
+    let out = diagtool(&["--target", &url, "heap"], LIMIT);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("does not exist (404)"), "{err}");
+    assert!(err.contains("predates heap profiles"), "{err}");
+}
