@@ -261,7 +261,7 @@ pub struct WatchArgs {
     #[arg(long, conflicts_with_all = ["prometheus", "targets_file"])]
     pub heap: bool,
     /// With --heap: print each shown site's stack under the table.
-    #[arg(long)]
+    #[arg(long, requires = "heap")]
     pub verbose: bool,
     /// Keep every snapshot, the final summary and (on a leak) a task dump in DIR (a fleet: a
     /// folder per instance and the fleet's summary.json; --heap: every heap sample and the last

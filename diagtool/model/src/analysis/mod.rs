@@ -9,7 +9,9 @@
 //! the end of the window and its oldest task is as old as the growth; `stable` when it reached a
 //! plateau; else `growing`. Each verdict is a pure function of the samples, so `diagtool report`
 //! on a recording agrees with what `watch` printed at its last sample, and a steady leak replayed
-//! by prefix goes from `stable`/`growing` to `leak` once and stays there.
+//! by prefix goes from `stable`/`growing` to `leak` once and stays there. [`heap`] applies the same
+//! judge to in-use heap bytes per allocation site, under a noise floor from the profiler's
+//! sampling.
 
 mod diff;
 mod fit;
