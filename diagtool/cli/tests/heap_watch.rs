@@ -284,24 +284,80 @@ fn heap_prints_the_sites_and_saves_the_profile_and_a_flamegraph() {
 }
 
 #[test]
-fn watch_heap_takes_one_target() {
+fn watch_heap_follows_a_fleet_naming_the_instance_that_leaks() {
+    let leaking = FakeTarget::start(Script::HeapLeaking);
+    let clean = FakeTarget::start(Script::HeapClean);
+    let old = FakeTarget::start(Script::HeapUnsupported);
     let out = diagtool(
         &[
             "--target",
-            "http://127.0.0.1:1",
+            &leaking.url,
             "--target",
-            "http://127.0.0.1:2",
+            &clean.url,
+            "--target",
+            &old.url,
             "watch",
             "--heap",
+            "--interval",
+            "200ms",
+            "--duration",
+            "3s",
+            "--json",
+            "--fail-on-leak",
         ],
         LIMIT,
     );
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("watch --heap follows one target"),
-        "{}",
-        stderr(&out)
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let report = document(&out);
+    assert_eq!(
+        (report.kind, report.verdict),
+        (WatchKind::Heap, Overall::Leak)
     );
+    let instance = |url: &str| url.trim_start_matches("http://").to_owned();
+    let leaks: Vec<_> = report
+        .sites
+        .iter()
+        .filter(|s| s.verdict == Verdict::Leak)
+        .collect();
+    assert_eq!(leaks.len(), 1, "{report:#?}");
+    assert_eq!(leaks[0].site, LEAK_SITE);
+    assert_eq!(leaks[0].instance, Some(instance(&leaking.url)));
+    assert!(
+        report
+            .sites
+            .iter()
+            .any(|s| s.instance == Some(instance(&clean.url))),
+        "{report:#?}"
+    );
+    assert_eq!(report.unreachable.len(), 1, "{report:#?}");
+    assert_eq!(report.unreachable[0].instance, instance(&old.url));
+    assert!(
+        report.unreachable[0].error.contains("answered 501"),
+        "{report:#?}"
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "leak at {LEAK_SITE} on {}",
+            instance(&leaking.url)
+        )),
+        "{err}"
+    );
+    let recorded = diagtool(
+        &[
+            "--target",
+            &leaking.url,
+            "--target",
+            &clean.url,
+            "watch",
+            "--heap",
+            "--record",
+            "x",
+        ],
+        LIMIT,
+    );
+    assert_eq!(recorded.status.code(), Some(2), "{}", stderr(&recorded));
+    assert!(stderr(&recorded).contains("--record with --heap follows one target"));
 }
 
 #[test]

@@ -30,7 +30,7 @@ use crate::model::{
 
 /// Targets sampled at once: enough that a slow or dead target does not hold the others' sample
 /// back, few enough that a fleet file of hundreds opens no more than this many connections.
-const CONCURRENCY: usize = 16;
+pub(super) const CONCURRENCY: usize = 16;
 
 /// One instance of a fleet, as the table and the document show it.
 #[derive(Debug)]
@@ -56,7 +56,10 @@ struct Instance {
 }
 
 /// The targets from `--target` (repeated) and `--targets-file`, in order, without repeats.
-fn targets(given: &[String], file: Option<&std::path::Path>) -> Result<Vec<String>, CliError> {
+pub(super) fn targets(
+    given: &[String],
+    file: Option<&std::path::Path>,
+) -> Result<Vec<String>, CliError> {
     let mut all: Vec<String> = given.to_vec();
     if let Some(file) = file {
         let text = std::fs::read_to_string(file).map_err(|e| {

@@ -137,7 +137,7 @@ pub(super) async fn watch(client: &Client, args: &WatchArgs) -> anyhow::Result<E
 
 /// Fetches a heap profile, retrying up to [`ATTEMPTS`] times with `pause` in between; a target
 /// without heap profiling is not retried. Returns the last outcome and the failed attempts.
-async fn sample(client: &Client, pause: Duration) -> (Result<Fetched, CliError>, u32) {
+pub(super) async fn sample(client: &Client, pause: Duration) -> (Result<Fetched, CliError>, u32) {
     let mut failures = 0;
     loop {
         match fetch(client).await {

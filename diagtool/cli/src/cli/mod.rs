@@ -16,6 +16,7 @@ mod fleet_report;
 mod fmt;
 mod generate;
 mod heap;
+mod heap_fleet;
 mod heap_report;
 mod heap_watch;
 mod prom;
@@ -257,8 +258,8 @@ pub struct WatchArgs {
     #[arg(long, value_name = "PER_MIN", default_value_t = crate::analysis::DEFAULT_THRESHOLD_PER_MIN)]
     pub threshold: f64,
     /// Judge the growth of in-use heap memory per allocation site (`/debug/pprof/heap`) instead
-    /// of live tasks per spawn site; one target.
-    #[arg(long, conflicts_with_all = ["prometheus", "targets_file"])]
+    /// of live tasks per spawn site (not with --prometheus).
+    #[arg(long, conflicts_with = "prometheus")]
     pub heap: bool,
     /// With --heap: print each shown site's stack under the table.
     #[arg(long, requires = "heap")]
@@ -439,11 +440,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             shipper: args.shipper,
         }),
         Command::Watch(args) if args.heap && args.is_fleet(&cli.target) => {
-            Err(CliError::Input(format!(
-                "watch --heap follows one target and {} were given: give one --target",
-                cli.target.len()
-            ))
-            .into())
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
+            runtime.block_on(heap_fleet::watch(&cli.target, cli.token, &args))
         }
         Command::Watch(args) if args.is_fleet(&cli.target) => {
             let runtime = tokio::runtime::Builder::new_current_thread()
