@@ -116,8 +116,34 @@ async fn a_sound_shipper_passes_with_every_line_delivered() {
     assert_eq!(report.duplicates, 0);
     assert!(report.leaks.is_empty());
     let junit = run.junit();
-    assert!(junit.contains(r#"tests="10" failures="0""#), "{junit}");
-    assert_eq!(junit.matches("<testcase ").count(), 10);
+    assert!(junit.contains(r#"tests="11" failures="0""#), "{junit}");
+    assert_eq!(junit.matches("<testcase ").count(), 11);
+    assert!(junit.contains(r#"name="heap_growth""#), "{junit}");
+    run.assert_shipper_gone();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_leak_fails_the_heap_check_naming_the_allocation_site() {
+    let run = Run::new(
+        "good",
+        &profile(
+            r#"leak_lab = ["memory-cache:512/200ms"]"#,
+            "require_heap = true",
+        ),
+    );
+    let done = execute(&run.args()).await.unwrap();
+    let report = done.report.unwrap();
+    assert_eq!(done.code, 1, "{report:#?}");
+    assert_eq!(report.leaks.len(), 1, "{report:#?}");
+    assert_eq!(report.leaks[0].site, "fake/src/leaklab.rs:140");
+    assert_eq!(report.failures.len(), 1, "{:#?}", report.failures);
+    assert!(
+        report.failures[0].starts_with(
+            "heap_growth: heap grows: fake/src/leaklab.rs:140 in fake::leaklab::memory_cache_insert"
+        ),
+        "{:#?}",
+        report.failures
+    );
     run.assert_shipper_gone();
 }
 
@@ -506,11 +532,16 @@ mod fake {
 
     /// `poll-spawn:COUNT/PERIODms` from the arguments.
     fn leak(args: &str) -> Option<(u64, f64)> {
+        leak_spec(args, "poll-spawn:")
+    }
+
+    /// `PREFIX COUNT/PERIODms` from the arguments.
+    fn leak_spec(args: &str, prefix: &str) -> Option<(u64, f64)> {
         let spec = args
             .split_whitespace()
             .skip_while(|a| *a != "--leak-lab")
             .nth(1)?;
-        let (count, period) = spec.strip_prefix("poll-spawn:")?.split_once('/')?;
+        let (count, period) = spec.strip_prefix(prefix)?.split_once('/')?;
         let ms: f64 = period.strip_suffix("ms")?.parse().ok()?;
         Some((count.parse().ok()?, ms / 1000.0))
     }
@@ -533,6 +564,38 @@ mod fake {
             open_fds: count("/proc/self/fd"),
             threads: count("/proc/self/task"),
         }
+    }
+
+    /// The heap profile: a pool of 2 MiB, and with `memory-cache:KIB/PERIODms` a cache that
+    /// keeps KIB more every period (every piece sampled, as a large allocation nearly always is).
+    fn heap(started: Instant, cache: Option<(u64, f64)>) -> Vec<u8> {
+        use diagtool::model::heap::{INUSE_OBJECTS, INUSE_SPACE};
+        use diagtool::pprof::{Frame, ProfileBuilder};
+        let mut builder = ProfileBuilder::new(&[(INUSE_OBJECTS, "count"), (INUSE_SPACE, "bytes")])
+            .period("space", "bytes", 1 << 19);
+        let main = Frame::at("fake::main", "fake/src/main.rs", 3);
+        builder.add(
+            &[
+                main.clone(),
+                Frame::at("fake::tail::buffers", "fake/src/tail.rs", 12),
+            ],
+            &[4, 2 << 20],
+        );
+        if let Some((kib, period)) = cache {
+            let pieces = (started.elapsed().as_secs_f64() / period).floor() as i64;
+            builder.add(
+                &[
+                    main,
+                    Frame::at(
+                        "fake::leaklab::memory_cache_insert",
+                        "fake/src/leaklab.rs",
+                        140,
+                    ),
+                ],
+                &[pieces, pieces * kib as i64 * 1024],
+            );
+        }
+        builder.encode_gzip()
     }
 
     fn snapshot(started: Instant, leak: Option<(u64, f64)>) -> Snapshot {
@@ -641,14 +704,20 @@ mod fake {
         }
         let cfg = config(args);
         let leak = leak(args);
+        let cache = leak_spec(args, "memory-cache:");
         let started = Instant::now();
         let main = Router::new()
             .route("/ready", get(|| async { "ready" }))
             .route("/health", get(|| async { r#"{"status":"ok"}"# }));
-        let debug = Router::new().route(
-            "/debug/tasks",
-            get(move || async move { axum::Json(snapshot(started, leak)) }),
-        );
+        let debug = Router::new()
+            .route(
+                "/debug/tasks",
+                get(move || async move { axum::Json(snapshot(started, leak)) }),
+            )
+            .route(
+                "/debug/pprof/heap",
+                get(move || async move { heap(started, cache) }),
+            );
         // Like the real shipper: a port taken meanwhile (by a test running in parallel) is one
         // short line and an exit, which the soak recognises and retries with other ports. A panic's
         // backtrace would push the cause out of the log tail the soak reads.

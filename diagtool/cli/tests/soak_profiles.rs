@@ -16,9 +16,10 @@ fn load(name: &str, duration: Option<Duration>) -> Profile {
     Profile::load(&path, duration).unwrap_or_else(|e| panic!("{e}"))
 }
 
-const ALL: [&str; 7] = [
+const ALL: [&str; 8] = [
     "steady",
     "leak-poll-spawn",
+    "leak-memory",
     "fixed-poll-spawn",
     "rotation-storm",
     "loki-outage",
@@ -84,6 +85,20 @@ fn profiles_exercise_what_their_names_say() {
         (&fixed.shipper.leak_lab, &fixed.generator, fixed.duration),
         (&leak.shipper.leak_lab, &leak.generator, leak.duration),
         "the leak's very spawns and workload, fixed"
+    );
+
+    let memory = load("leak-memory", None);
+    assert_eq!(memory.shipper.leak_lab, ["memory-cache:256/1000ms"]);
+    assert!(memory.limits.require_heap && !steady.limits.require_heap);
+    assert_eq!(
+        memory.generator, steady.generator,
+        "the same workload as steady"
+    );
+    let stretched = load("leak-memory", Some(Duration::from_secs(900)));
+    assert_eq!(
+        stretched.shipper.leak_lab,
+        ["memory-cache:256/15000ms"],
+        "the period scales, the size does not"
     );
 
     let storm = load("rotation-storm", None);

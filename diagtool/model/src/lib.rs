@@ -26,8 +26,8 @@ pub use snapshot::{
 };
 pub use soak::{SOAK_SCHEMA, SoakLeak, SoakReport};
 pub use watch::{
-    Overall, Restart, Step, UnreachableInstance, Verdict, WATCH_SCHEMA, WatchReport, WatchSite,
-    WatchTotal,
+    Overall, Restart, Step, UnreachableInstance, Verdict, WATCH_SCHEMA, WatchKind, WatchReport,
+    WatchSite, WatchTotal,
 };
 
 /// A document whose `schema` is missing or not the one this build reads.

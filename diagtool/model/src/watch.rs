@@ -1,8 +1,11 @@
-//! `diagtool.watch/v1`: what `diagtool watch` concluded about a target's task growth.
+//! `diagtool.watch/v1`: what `diagtool watch` concluded about a target's task growth, or with
+//! `--heap` about its in-use heap memory.
 //!
 //! One document per watch, printed at the end with `--json` and kept as `summary.json` in a
 //! `--record` directory. `sites` is sorted by `growth_per_min`, largest first; `verdict` is `leak`
-//! when any site's verdict is `leak`, else `ok`.
+//! when any site's verdict is `leak`, else `ok`. `kind` says what the figures count: `tasks` (live
+//! tasks per spawn site) or `heap` (in-use bytes per allocation site); a document written before
+//! `kind` existed is a task watch.
 
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +29,10 @@ pub const WATCH_SCHEMA: &str = "diagtool.watch/v1";
 pub struct WatchReport {
     /// Always [`WATCH_SCHEMA`].
     pub schema: String,
+    /// What was watched: tasks per spawn site, or heap bytes per allocation site. Absent in
+    /// documents older than heap watches, which are task watches.
+    #[serde(default)]
+    pub kind: WatchKind,
     /// The target's base URL.
     pub target: String,
     /// Snapshots taken successfully.
@@ -67,6 +74,30 @@ impl WatchReport {
     /// Parses a watch document, refusing any other schema by name.
     pub fn from_json(text: &str) -> Result<Self, SchemaError> {
         super::parse_versioned(text, WATCH_SCHEMA)
+    }
+}
+
+/// What a watch counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WatchKind {
+    /// Live tasks per spawn site (`/debug/tasks`): `live`, `delta` and `growth_per_min` count
+    /// tasks.
+    #[default]
+    Tasks,
+    /// In-use heap memory per allocation site (`/debug/pprof/heap`): `live`, `delta` and
+    /// `growth_per_min` count bytes, and each site carries `inuse_bytes`, `inuse_objects`,
+    /// `function` and `stack`.
+    Heap,
+}
+
+impl WatchKind {
+    /// The lowercase name used in documents.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WatchKind::Tasks => "tasks",
+            WatchKind::Heap => "heap",
+        }
     }
 }
 
@@ -149,6 +180,20 @@ pub struct WatchSite {
     /// Prometheus's `instance` label. Absent in a single-target watch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
+    /// In a heap watch, the bytes in use from this site at the last sample (the same figure as
+    /// `live`, named for what it is). Absent in a task watch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inuse_bytes: Option<u64>,
+    /// In a heap watch, the objects in use from this site at the last sample.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inuse_objects: Option<u64>,
+    /// In a heap watch, the function at the allocation site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+    /// In a heap watch, the heaviest stack through the site, outermost first, each
+    /// `function at file:line`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stack: Vec<String>,
 }
 
 /// A regular step in a site's live count: `size` tasks every `every_s` seconds.
@@ -200,7 +245,7 @@ pub struct Restart {
 mod tests {
     use super::*;
 
-    const GOLDEN: &str = r#"{"schema":"diagtool.watch/v1","target":"http://127.0.0.1:6060","samples":12,"span_s":60.0,"verdict":"leak","total":{"first":40,"last":72,"growth_per_min":32.0},"sites":[{"site":"shipper/src/leaklab.rs:88:17","live":32,"delta":32,"growth_per_min":32.0,"r2":0.97,"step":{"size":16,"every_s":30.0},"oldest_age_s":60.1,"verdict":"leak","robust_growth_per_min":32.0}],"errors":1}"#;
+    const GOLDEN: &str = r#"{"schema":"diagtool.watch/v1","kind":"tasks","target":"http://127.0.0.1:6060","samples":12,"span_s":60.0,"verdict":"leak","total":{"first":40,"last":72,"growth_per_min":32.0},"sites":[{"site":"shipper/src/leaklab.rs:88:17","live":32,"delta":32,"growth_per_min":32.0,"r2":0.97,"step":{"size":16,"every_s":30.0},"oldest_age_s":60.1,"verdict":"leak","robust_growth_per_min":32.0}],"errors":1}"#;
 
     #[test]
     fn golden_watch_round_trips_byte_for_byte() {
@@ -208,6 +253,23 @@ mod tests {
         assert_eq!(report.verdict, Overall::Leak);
         assert_eq!(report.sites[0].verdict, Verdict::Leak);
         assert_eq!(serde_json::to_string(&report).expect("serialises"), GOLDEN);
+    }
+
+    #[test]
+    fn a_document_without_kind_is_a_task_watch() {
+        let old = GOLDEN.replace(r#""kind":"tasks","#, "");
+        let report = WatchReport::from_json(&old).expect("a document without kind parses");
+        assert_eq!(report.kind, WatchKind::Tasks);
+        assert!(report.sites[0].inuse_bytes.is_none());
+    }
+
+    #[test]
+    fn a_heap_watch_round_trips_with_its_site_details() {
+        let text = r#"{"schema":"diagtool.watch/v1","kind":"heap","target":"http://127.0.0.1:6060","samples":16,"span_s":30.0,"verdict":"leak","total":{"first":1048576,"last":9437184,"growth_per_min":16777216.0},"sites":[{"site":"shipper/src/leaklab.rs:120","live":8388608,"delta":8388608,"growth_per_min":16777216.0,"r2":0.99,"step":null,"oldest_age_s":0.0,"verdict":"leak","robust_growth_per_min":16777216.0,"inuse_bytes":8388608,"inuse_objects":32,"function":"shipper::leaklab::memory_cache_insert","stack":["shipper::main at shipper/src/main.rs:10","shipper::leaklab::memory_cache_insert at shipper/src/leaklab.rs:120"]}],"errors":0}"#;
+        let report = WatchReport::from_json(text).expect("heap document parses");
+        assert_eq!(report.kind, WatchKind::Heap);
+        assert_eq!(report.sites[0].inuse_objects, Some(32));
+        assert_eq!(serde_json::to_string(&report).expect("serialises"), text);
     }
 
     #[test]

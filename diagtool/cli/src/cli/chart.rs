@@ -25,8 +25,13 @@ const COLOURS: [&str; 10] = [
     "#8c564b", "#f0e442",
 ];
 
-/// Renders the chart as a standalone SVG document.
+/// Renders the chart of live tasks as a standalone SVG document.
 pub(super) fn live_tasks_svg(title: &str, lines: &[Line]) -> String {
+    line_svg(title, "live tasks", lines)
+}
+
+/// Renders the chart as a standalone SVG document, the y axis named `y_label`.
+pub(super) fn line_svg(title: &str, y_label: &str, lines: &[Line]) -> String {
     let max_t = lines
         .iter()
         .flat_map(|l| l.points.iter().map(|p| p.0))
@@ -101,12 +106,13 @@ pub(super) fn live_tasks_svg(title: &str, lines: &[Line]) -> String {
     let _ = writeln!(
         svg,
         r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">time since the first sample</text>
-<text x="16" y="{:.1}" text-anchor="middle" transform="rotate(-90 16 {:.1})">live tasks</text>
+<text x="16" y="{:.1}" text-anchor="middle" transform="rotate(-90 16 {:.1})">{}</text>
 </g>"#,
         LEFT + plot_w / 2.0,
         HEIGHT - 12.0,
         TOP + plot_h / 2.0,
-        TOP + plot_h / 2.0
+        TOP + plot_h / 2.0,
+        escape(y_label)
     );
     let _ = writeln!(
         svg,

@@ -15,6 +15,10 @@ use crate::model::{Dump, Snapshot};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest wait for a snapshot.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for a heap profile (the probe groups and symbolises it first).
+const HEAP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Times a heap request is repeated after the target answered 429 (one profile at a time).
+const HEAP_BUSY_RETRIES: u32 = 3;
 /// Largest body we read into memory (a snapshot with `?debug=2` of 100k tasks stays well below).
 const MAX_BODY: usize = 256 * 1024 * 1024;
 
@@ -161,6 +165,55 @@ impl Client {
         Ok(body)
     }
 
+    /// `GET /debug/pprof/heap`: the gzipped pprof heap profile. A target that answers 501 (built
+    /// without heap profiling, or with the profiler inactive) or 404 (a probe from before heap
+    /// profiles) is [`CliError::Unsupported`],
+    /// quoting its answer, which says how to enable it; a 429 (another profile is being taken)
+    /// is waited out a few times.
+    pub async fn heap(&self) -> Result<Vec<u8>, CliError> {
+        let path = "debug/pprof/heap";
+        let mut busy = 0;
+        loop {
+            let (url, status, body) = self.get_answer(path, HEAP_TIMEOUT).await?;
+            match status {
+                StatusCode::NOT_IMPLEMENTED => {
+                    return Err(CliError::Unsupported {
+                        target: self.target().to_owned(),
+                        what: "heap profiles",
+                        reason: format!("{url} answered 501: {}", whole_message(&body)),
+                    });
+                }
+                // A probe from before heap profiles has no such route.
+                StatusCode::NOT_FOUND => {
+                    return Err(CliError::Unsupported {
+                        target: self.target().to_owned(),
+                        what: "heap profiles",
+                        reason: format!(
+                            "{url} does not exist (404): the service's diagtool-probe predates \
+                             heap profiles, or --target is not a diagtool debug port"
+                        ),
+                    });
+                }
+                StatusCode::TOO_MANY_REQUESTS if busy < HEAP_BUSY_RETRIES => {
+                    busy += 1;
+                    tokio::time::sleep(Duration::from_millis(500 * u64::from(busy))).await;
+                    continue;
+                }
+                _ => {}
+            }
+            let (url, body) = self.classify(url, status, body)?;
+            if body.len() < 2 || body[..2] != [0x1f, 0x8b] {
+                return Err(CliError::Input(format!(
+                    "{url}: the answer is not a gzipped pprof heap profile ({} bytes, began {:?}): \
+                     is --target a diagtool probe?",
+                    body.len(),
+                    String::from_utf8_lossy(&body[..body.len().min(40)])
+                )));
+            }
+            return Ok(body);
+        }
+    }
+
     fn url(&self, path: &str) -> Result<Url, CliError> {
         self.base
             .join(path)
@@ -226,6 +279,16 @@ impl Client {
 
     async fn get(&self, path: &str, timeout: Duration) -> Result<(Url, Vec<u8>), CliError> {
         let (url, status, body) = self.get_answer(path, timeout).await?;
+        self.classify(url, status, body)
+    }
+
+    /// A success's body, or the error an answer of `status` means (see the module's notes).
+    fn classify(
+        &self,
+        url: Url,
+        status: StatusCode,
+        body: Vec<u8>,
+    ) -> Result<(Url, Vec<u8>), CliError> {
         let unreachable = |reason: String| CliError::Unreachable {
             target: self.target().to_owned(),
             reason,
@@ -306,6 +369,23 @@ pub(super) fn error_message(body: &[u8]) -> String {
         "(empty body)".to_owned()
     } else {
         line.chars().take(200).collect()
+    }
+}
+
+/// A plain-text error body in one line (its lines joined), at most 400 characters: a 501 from
+/// the probe says over a few lines what is missing and how to enable it.
+fn whole_message(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let joined = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    if joined.is_empty() {
+        "(empty body)".to_owned()
+    } else {
+        joined.chars().take(400).collect()
     }
 }
 

@@ -24,13 +24,13 @@ use super::watch::{Recorder, Screen, View, options, sample};
 use super::{CliError, Client, WatchArgs};
 use crate::analysis::{Analysis, analyze};
 use crate::model::{
-    Overall, Snapshot, UnreachableInstance, Verdict, WATCH_SCHEMA, WatchReport, WatchSite,
-    WatchTotal,
+    Overall, Snapshot, UnreachableInstance, Verdict, WATCH_SCHEMA, WatchKind, WatchReport,
+    WatchSite, WatchTotal,
 };
 
 /// Targets sampled at once: enough that a slow or dead target does not hold the others' sample
 /// back, few enough that a fleet file of hundreds opens no more than this many connections.
-const CONCURRENCY: usize = 16;
+pub(super) const CONCURRENCY: usize = 16;
 
 /// One instance of a fleet, as the table and the document show it.
 #[derive(Debug)]
@@ -56,7 +56,10 @@ struct Instance {
 }
 
 /// The targets from `--target` (repeated) and `--targets-file`, in order, without repeats.
-fn targets(given: &[String], file: Option<&std::path::Path>) -> Result<Vec<String>, CliError> {
+pub(super) fn targets(
+    given: &[String],
+    file: Option<&std::path::Path>,
+) -> Result<Vec<String>, CliError> {
     let mut all: Vec<String> = given.to_vec();
     if let Some(file) = file {
         let text = std::fs::read_to_string(file).map_err(|e| {
@@ -275,6 +278,7 @@ pub(super) fn report(target: &str, views: &[InstanceView], threshold: f64) -> Wa
     };
     WatchReport {
         schema: WATCH_SCHEMA.to_owned(),
+        kind: WatchKind::Tasks,
         target: target.to_owned(),
         samples: analysed.iter().map(|a| a.samples as u64).max().unwrap_or(0),
         span_s: analysed.iter().map(|a| a.span_s).fold(0.0, f64::max),

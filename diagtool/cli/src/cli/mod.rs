@@ -15,6 +15,10 @@ mod fleet;
 mod fleet_report;
 mod fmt;
 mod generate;
+mod heap;
+mod heap_fleet;
+mod heap_report;
+mod heap_watch;
 mod prom;
 mod report;
 mod watch;
@@ -51,6 +55,8 @@ const EXAMPLES: &str = "\
 Examples:
   diagtool watch --interval 10s --duration 5m     judge task growth per spawn site
   diagtool dump --format text | less              where every task is parked, grouped
+  diagtool watch --heap --duration 5m             judge heap growth per allocation site
+  diagtool heap --top 20 -o heap.pb.gz            in-use memory per allocation site, now
   diagtool snapshot -o before.json                keep a snapshot to diff later
   diagtool --target http://10.0.0.5:6060 --token \"$TOKEN\" snapshot --format text
 Exit codes: 0 ok, 1 a problem found (leak, failed soak), 2 usage or input error, 3 target unreachable.";
@@ -72,7 +78,7 @@ pub enum Command {
     },
     /// Sample the target every interval and judge the task growth of each spawn site.
     #[command(
-        after_help = "Examples:\n  diagtool watch --interval 10s --duration 5m\n  diagtool watch --interval 5s --duration 2m --json --fail-on-leak > watch.json\n  diagtool watch --record incident/ --duration 10m && diagtool report incident/\n  diagtool watch --target http://10.0.0.5:6060 --target http://10.0.0.6:6060 --duration 2m\n  diagtool watch --targets-file nodes.txt --interval 15s --duration 5m --json > fleet.json\n  diagtool watch --prometheus http://prom:9090 --selector '{job=\"shipper\"}' --duration 0s"
+        after_help = "Examples:\n  diagtool watch --interval 10s --duration 5m\n  diagtool watch --interval 5s --duration 2m --json --fail-on-leak > watch.json\n  diagtool watch --record incident/ --duration 10m && diagtool report incident/\n  diagtool watch --target http://10.0.0.5:6060 --target http://10.0.0.6:6060 --duration 2m\n  diagtool watch --targets-file nodes.txt --interval 15s --duration 5m --json > fleet.json\n  diagtool watch --prometheus http://prom:9090 --selector '{job=\"shipper\"}' --duration 0s\n  diagtool watch --heap --interval 10s --duration 5m --fail-on-leak --verbose"
     )]
     Watch(WatchArgs),
     /// Compare two snapshot files site by site (like `go tool pprof -diff_base`).
@@ -109,6 +115,25 @@ pub enum Command {
         /// task but can wedge the runtime; the target must opt in (DIAGTOOL_PROBE_GLOBAL_DUMP=1).
         #[arg(long, value_enum, default_value_t = DumpModeArg::SelfTraced)]
         mode: DumpModeArg,
+    },
+    /// Fetch one heap profile: in-use bytes and objects per allocation site (the innermost frame
+    /// in the service's own code), largest first.
+    #[command(
+        after_help = "Examples:\n  diagtool heap --top 20\n  diagtool heap -o heap.pb.gz --flamegraph heap.svg && go tool pprof -top heap.pb.gz\n  diagtool heap --verbose --top 3          # with each site's stack"
+    )]
+    Heap {
+        /// Also save the profile as served (gzipped pprof, readable by `go tool pprof`).
+        #[arg(short, long, value_name = "FILE.pb.gz")]
+        output: Option<PathBuf>,
+        /// Also draw the in-use bytes as an SVG flamegraph.
+        #[arg(long, value_name = "FILE.svg")]
+        flamegraph: Option<PathBuf>,
+        /// Rows in the table.
+        #[arg(long, value_name = "N", default_value_t = 20)]
+        top: usize,
+        /// Print each shown site's stack (outermost first) under the table.
+        #[arg(long)]
+        verbose: bool,
     },
     /// Record a CPU profile of the target (gzipped pprof protobuf, readable by `go tool pprof`).
     #[command(
@@ -228,11 +253,20 @@ pub struct WatchArgs {
     /// the history and exits).
     #[arg(long, value_name = "DUR", value_parser = Dur::or_zero)]
     pub duration: Option<Dur>,
-    /// Growth in tasks per minute below which a site is stable.
+    /// Growth in tasks per minute below which a site is stable (with --heap: bytes per minute,
+    /// never below the noise floor of one sampling period, 512 KiB by default, per minute).
     #[arg(long, value_name = "PER_MIN", default_value_t = crate::analysis::DEFAULT_THRESHOLD_PER_MIN)]
     pub threshold: f64,
+    /// Judge the growth of in-use heap memory per allocation site (`/debug/pprof/heap`) instead
+    /// of live tasks per spawn site (not with --prometheus).
+    #[arg(long, conflicts_with = "prometheus")]
+    pub heap: bool,
+    /// With --heap: print each shown site's stack under the table.
+    #[arg(long, requires = "heap")]
+    pub verbose: bool,
     /// Keep every snapshot, the final summary and (on a leak) a task dump in DIR (a fleet: a
-    /// folder per instance and the fleet's summary.json).
+    /// folder per instance and the fleet's summary.json; --heap: every heap sample and the last
+    /// profile).
     #[arg(long, value_name = "DIR")]
     pub record: Option<PathBuf>,
     /// Print the diagtool.watch/v1 document at the end (tables then go to standard error).
@@ -292,6 +326,8 @@ impl WatchArgs {
             interval: Dur(std::time::Duration::from_secs(30)),
             duration: None,
             threshold: crate::analysis::DEFAULT_THRESHOLD_PER_MIN,
+            heap: false,
+            verbose: false,
             record: None,
             json: false,
             fail_on_leak: false,
@@ -363,6 +399,18 @@ pub enum CliError {
         /// What went wrong.
         reason: String,
     },
+    /// The target answered, but cannot serve what was asked (a heap profile from a service built
+    /// without heap profiling: 501): exit 3, like a target that is down, since asking again
+    /// cannot help.
+    #[error("target {target} cannot serve {what}: {reason}")]
+    Unsupported {
+        /// The target URL.
+        target: String,
+        /// What was asked for, such as `heap profiles`.
+        what: &'static str,
+        /// The target's answer, which says how to enable it.
+        reason: String,
+    },
     /// The input (a flag, a file, the target's answer) is not usable: exit 2.
     #[error("{0}")]
     Input(String),
@@ -391,6 +439,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             duration: args.duration.0,
             shipper: args.shipper,
         }),
+        Command::Watch(args) if args.heap && args.is_fleet(&cli.target) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
+            runtime.block_on(heap_fleet::watch(&cli.target, cli.token, &args))
+        }
         Command::Watch(args) if args.is_fleet(&cli.target) => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -425,7 +480,23 @@ async fn remote(client: Client, command: Command) -> anyhow::Result<ExitCode> {
         Command::Snapshot { output, format } => {
             commands::snapshot(&client, output.as_deref(), format).await
         }
+        Command::Watch(args) if args.heap => heap_watch::watch(&client, &args).await,
         Command::Watch(args) => watch::watch(&client, &args).await,
+        Command::Heap {
+            output,
+            flamegraph,
+            top,
+            verbose,
+        } => {
+            heap::heap(
+                &client,
+                output.as_deref(),
+                flamegraph.as_deref(),
+                top,
+                verbose,
+            )
+            .await
+        }
         Command::Dump {
             output,
             format,
@@ -451,12 +522,13 @@ async fn remote(client: Client, command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The exit code for an error returned by [`run`]: 3 when the target was unreachable, else 2.
+/// The exit code for an error returned by [`run`]: 3 when the target was unreachable or cannot
+/// serve what was asked, else 2.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     let unreachable = err.chain().any(|cause| {
         matches!(
             cause.downcast_ref::<CliError>(),
-            Some(CliError::Unreachable { .. })
+            Some(CliError::Unreachable { .. } | CliError::Unsupported { .. })
         )
     });
     if unreachable { 3 } else { 2 }

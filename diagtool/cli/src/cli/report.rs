@@ -38,6 +38,9 @@ struct Recording {
 
 /// `diagtool report DIR [-o FILE]`.
 pub(super) fn report(dir: &Path, output: Option<&Path>) -> anyhow::Result<ExitCode> {
+    if super::heap_report::is_heap_recording(dir) {
+        return super::heap_report::report(dir, output);
+    }
     if !dir.join(snapshot_file(1)).exists() {
         let instances = super::fleet_report::instance_dirs(dir);
         if !instances.is_empty() {

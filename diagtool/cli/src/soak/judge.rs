@@ -6,8 +6,9 @@
 //! analysis of `diagtool watch`, over the samples after the warm-up: no site `leak` or `growing`),
 //! `rss_growth` and `fd_growth` (robust slopes after the warm-up, within the limits; for fds, a
 //! rise of a single descriptor is not growth), `health` (no
-//! `/health` answer was 503), `sampling` (few failed samples), and `shipper_exit` (the shipper ran
-//! the whole time and stopped cleanly on SIGTERM). The run passes when every check does.
+//! `/health` answer was 503), `sampling` (few failed samples), `shipper_exit` (the shipper ran
+//! the whole time and stopped cleanly on SIGTERM), and `heap_growth` (no allocation site leaks;
+//! see [`super::heap`]). The run passes when every check does.
 
 use crate::analysis::{self, Options, theil_sen};
 use crate::model::{SOAK_SCHEMA, Snapshot, SoakLeak, SoakReport, Verdict};
@@ -58,6 +59,8 @@ pub struct Evidence {
     pub snapshot_errors: u64,
     /// `/health` answers.
     pub health: HealthTally,
+    /// `/debug/pprof/heap` answers.
+    pub heap: super::heap::HeapTally,
     /// How the shipper ended.
     pub shipper: ShipperEnd,
     /// Seconds into the run when a signal cut it short, if one did.
@@ -206,7 +209,7 @@ pub fn judge(limits: &Limits, evidence: &Evidence) -> Judgement {
         .iter()
         .filter(|s| matches!(s.row.verdict, Verdict::Leak | Verdict::Growing))
         .collect();
-    let leaks: Vec<SoakLeak> = growing
+    let mut leaks: Vec<SoakLeak> = growing
         .iter()
         .map(|s| SoakLeak {
             site: s.row.site.clone(),
@@ -299,6 +302,9 @@ pub fn judge(limits: &Limits, evidence: &Evidence) -> Judgement {
         ShipperEnd::Died(code) => (false, format!("ended by itself during the run ({code})")),
     };
     check("shipper_exit", ok, detail);
+    let heap = super::heap::check(limits, &evidence.heap);
+    check("heap_growth", heap.passed, heap.detail);
+    leaks.extend(heap.leaks);
 
     let failures: Vec<String> = checks
         .iter()
@@ -343,6 +349,7 @@ mod tests {
             max_missing_ratio: 0.0,
             max_duplicate_ratio: 0.0,
             max_sample_errors: 2,
+            require_heap: false,
             warmup: Duration::from_secs(10),
             startup_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
@@ -416,6 +423,7 @@ mod tests {
                 ok: 21,
                 ..Default::default()
             },
+            heap: Default::default(),
             shipper: ShipperEnd::Stopped(0),
             interrupted_at_s: None,
             interrupted_by: String::new(),
@@ -434,7 +442,7 @@ mod tests {
     fn a_clean_run_passes_every_check() {
         let j = judge(&limits(), &evidence(snapshots(false, 0, 0)));
         assert!(j.passed(), "{:#?}", j.checks);
-        assert_eq!(j.checks.len(), 10);
+        assert_eq!(j.checks.len(), 11);
         assert!(j.report.failures.is_empty() && j.report.leaks.is_empty());
         assert_eq!(j.report.lines_delivered, 1000);
         assert_eq!(j.report.schema, SOAK_SCHEMA);

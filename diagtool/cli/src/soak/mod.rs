@@ -23,6 +23,7 @@
 pub mod child;
 pub mod delivery;
 pub mod generator;
+pub mod heap;
 pub mod judge;
 pub mod junit;
 mod launch;
@@ -390,6 +391,9 @@ async fn soak(profile: &Profile, program: &Path) -> anyhow::Result<Outcome> {
             _ = tick.tick() => {
                 let (snapshot, health) = sampler.sample().await;
                 samples.record(snapshot, health);
+                if samples.heap.wanted() {
+                    samples.heap.record(sampler.heap().await);
+                }
                 if fault_now.as_ref().is_some_and(|(_, end)| Instant::now() >= *end) {
                     fault_now = None;
                 }
@@ -419,6 +423,9 @@ async fn soak(profile: &Profile, program: &Path) -> anyhow::Result<Outcome> {
     if died.is_none() && interrupted_at_s.is_none() {
         let (snapshot, health) = sampler.sample().await;
         samples.record(snapshot, health);
+        if samples.heap.wanted() {
+            samples.heap.record(sampler.heap().await);
+        }
     }
     let shipper_log = dir.join("shipper.log");
     let shipper = match died {
@@ -450,6 +457,7 @@ async fn soak(profile: &Profile, program: &Path) -> anyhow::Result<Outcome> {
         snapshots: std::mem::take(&mut samples.snapshots),
         snapshot_errors: samples.snapshot_errors,
         health: samples.health.clone(),
+        heap: std::mem::take(&mut samples.heap),
         shipper,
         interrupted_at_s,
         interrupted_by: interrupted_by.to_owned(),

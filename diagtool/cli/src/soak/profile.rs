@@ -120,6 +120,7 @@ struct LimitsFile {
     warmup: Option<String>,
     startup_timeout: Option<String>,
     drain_timeout: Option<String>,
+    require_heap: Option<bool>,
 }
 
 /// How the generator rotates its files.
@@ -240,6 +241,8 @@ pub struct Limits {
     pub startup_timeout: Duration,
     /// How long after writing stops every line must have arrived (not scaled).
     pub drain_timeout: Duration,
+    /// Whether a shipper without heap profiles fails the `heap_growth` check (else it is skipped).
+    pub require_heap: bool,
 }
 
 /// A validated profile, scaled to the run's duration.
@@ -554,6 +557,7 @@ impl Profile {
                 "30s",
             )?,
             drain_timeout: cx.opt("limits.drain_timeout", l.drain_timeout.as_deref(), "60s")?,
+            require_heap: l.require_heap.unwrap_or(false),
         };
         if limits.warmup >= requested {
             return Err(cx.invalid("limits.warmup", "must be shorter than the duration"));

@@ -11,6 +11,7 @@ use crate::cli::CliError;
 use crate::cli::client::Client;
 use crate::model::Snapshot;
 
+use super::heap::{HeapAnswer, HeapTally};
 use super::judge::HealthTally;
 
 /// How long one request may take.
@@ -48,6 +49,8 @@ pub struct Samples {
     pub last_health: Option<String>,
     /// The last reason a sample failed.
     pub last_error: Option<String>,
+    /// Heap profiles.
+    pub heap: HeapTally,
 }
 
 impl Samples {
@@ -120,6 +123,27 @@ impl Sampler {
             },
             503 => HealthAnswer::Critical,
             other => HealthAnswer::Failed(format!("GET {url}: status {other}")),
+        }
+    }
+
+    /// `GET /debug/pprof/heap`, grouped by allocation site.
+    pub async fn heap(&self) -> HeapAnswer {
+        let raw = match self.debug.heap().await {
+            Ok(raw) => raw,
+            Err(CliError::Unsupported { reason, .. }) => return HeapAnswer::Unsupported(reason),
+            Err(e) => return HeapAnswer::Failed(e.to_string()),
+        };
+        let taken_at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        match crate::pprof::decode(&raw) {
+            Ok(profile) => {
+                match crate::analysis::heap::HeapSample::from_profile(&profile, taken_at_ms) {
+                    Ok(sample) => HeapAnswer::Sample(sample),
+                    Err(e) => HeapAnswer::Failed(format!("/debug/pprof/heap: {e}")),
+                }
+            }
+            Err(e) => HeapAnswer::Failed(format!("/debug/pprof/heap: {e}")),
         }
     }
 

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod heap;
+
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
@@ -42,6 +44,20 @@ pub enum Script {
     Html,
     /// The clean script behind a bearer token.
     Token(&'static str),
+    /// Heap profiles (`/debug/pprof/heap`): a site that keeps 5 sampling periods more every
+    /// second, a pool that warms up and holds, a start-up burst that is freed, noise and a
+    /// dependency's buffer (see [`heap::profile`]).
+    HeapLeaking,
+    /// The heap script without the leaking site.
+    HeapClean,
+    /// The leaking heap script, but every third request answers bytes that are no profile.
+    HeapFlaky,
+    /// Every heap request answers bytes that are no profile.
+    HeapGarbage,
+    /// The clean heap script, but the first request answers 429 (busy).
+    HeapBusyOnce,
+    /// A target built without heap profiling: 501 with the probe's message.
+    HeapUnsupported,
 }
 
 struct Shared {
@@ -84,6 +100,7 @@ impl FakeTarget {
             .route("/debug/tasks", get(tasks))
             .route("/debug/tasks/dump", get(dump))
             .route("/debug/pprof/profile", get(profile))
+            .route("/debug/pprof/heap", get(heap_route))
             .with_state(Arc::clone(&shared));
         let cancel = CancellationToken::new();
         let stop = cancel.clone();
@@ -217,6 +234,11 @@ async fn dump(State(shared): State<Arc<Shared>>) -> Response {
     .into_response()
 }
 
+async fn heap_route(State(shared): State<Arc<Shared>>) -> Response {
+    let n = shared.requests.fetch_add(1, Ordering::SeqCst);
+    heap::answer(shared.script, n, shared.started.elapsed().as_secs_f64())
+}
+
 /// The CPU profile: two stacks, 3 and 1 samples.
 async fn profile() -> Response {
     use diagtool::pprof::{Frame, ProfileBuilder};
@@ -304,20 +326,43 @@ pub fn diagtool_env(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Out
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn diagtool");
+    // Drain both pipes while the child runs: a watch that prints more than a pipe holds (64 KiB)
+    // would otherwise block on its writes and never exit.
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out_reader = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let err_reader = drain(child.stderr.take().map(|p| Box::new(p) as _));
     let deadline = Instant::now() + limit;
-    loop {
-        if child.try_wait().expect("wait diagtool").is_some() {
-            return child.wait_with_output().expect("collect output");
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait diagtool") {
+            break Some(status);
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            let out = child.wait_with_output().expect("collect output");
-            panic!(
-                "diagtool {args:?} ran past {limit:?}; stderr: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let _ = child.wait();
+            break None;
         }
         std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = out_reader.join().expect("stdout reader");
+    let stderr = err_reader.join().expect("stderr reader");
+    match status {
+        Some(status) => Output {
+            status,
+            stdout,
+            stderr,
+        },
+        None => panic!(
+            "diagtool {args:?} ran past {limit:?}; stderr: {}",
+            String::from_utf8_lossy(&stderr)
+        ),
     }
 }
 

@@ -9,10 +9,13 @@
 //! the end of the window and its oldest task is as old as the growth; `stable` when it reached a
 //! plateau; else `growing`. Each verdict is a pure function of the samples, so `diagtool report`
 //! on a recording agrees with what `watch` printed at its last sample, and a steady leak replayed
-//! by prefix goes from `stable`/`growing` to `leak` once and stays there.
+//! by prefix goes from `stable`/`growing` to `leak` once and stays there. [`heap`] applies the same
+//! judge to in-use heap bytes per allocation site, under a noise floor from the profiler's
+//! sampling.
 
 mod diff;
 mod fit;
+pub mod heap;
 pub mod rules;
 pub mod series;
 
@@ -24,7 +27,8 @@ pub use rules::{
 pub use series::{Point, SiteSeries, site_series, split_at_restarts};
 
 use crate::{
-    Overall, Restart, Snapshot, Verdict, WATCH_SCHEMA, WatchReport, WatchSite, WatchTotal,
+    Overall, Restart, Snapshot, Verdict, WATCH_SCHEMA, WatchKind, WatchReport, WatchSite,
+    WatchTotal,
 };
 
 /// The default growth threshold, in tasks per minute.
@@ -93,6 +97,7 @@ impl Analysis {
     pub fn to_report(&self, target: &str, errors: u64) -> WatchReport {
         WatchReport {
             schema: WATCH_SCHEMA.to_owned(),
+            kind: WatchKind::Tasks,
             target: target.to_owned(),
             samples: self.samples as u64,
             span_s: round2(self.span_s),
@@ -253,6 +258,10 @@ fn row(
         verdict,
         robust_growth_per_min: round2(robust),
         instance: None,
+        inuse_bytes: None,
+        inuse_objects: None,
+        function: None,
+        stack: Vec::new(),
     }
 }
 
