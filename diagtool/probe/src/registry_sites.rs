@@ -47,10 +47,20 @@ pub(crate) struct Site {
     pub(crate) names: Mutex<Vec<Cow<'static, str>>>,
 }
 
+/// Entries of the per-thread first-level site cache (direct-mapped by location address).
+const NEAR: usize = 16;
+
+/// A first-level cache entry: (registry key, location address, site); key 0 is empty.
+type NearEntry = Cell<(u64, usize, Option<&'static Site>)>;
+
 thread_local! {
+    /// First level of this thread's site cache: a const-initialised array without a destructor,
+    /// the cheapest thread-local there is; a miss falls to `SITE_CACHE`.
+    static NEAR_CACHE: [NearEntry; NEAR] = const { [const { Cell::new((0, 0, None)) }; NEAR] };
     /// This thread's stripe, taken in turn at its first count (`usize::MAX`: none yet).
     static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
-    /// This thread's view of one registry's sites: (registry key, location address -> site).
+    /// Second level: this thread's view of one registry's sites (registry key, location address
+    /// -> site).
     static SITE_CACHE: RefCell<(u64, FastMap<usize, &'static Site>)> =
         RefCell::new((0, FastMap::default()));
 }
@@ -157,11 +167,26 @@ impl SiteTable {
     }
 }
 
+/// The first-level slot of a location address (`Location`s are 8-aligned: skip those bits).
+fn near_slot(address: usize) -> usize {
+    (address >> 3) % NEAR
+}
+
 /// This thread's cached site for `location` in the registry `key`, if any.
 pub(crate) fn cached(key: u64, location: &'static Location<'static>) -> Option<&'static Site> {
     let address = location as *const Location<'static> as usize;
+    let near = NEAR_CACHE
+        .try_with(|near| match near[near_slot(address)].get() {
+            (k, a, site) if k == key && a == address => site,
+            _ => None,
+        })
+        .ok()
+        .flatten();
+    if near.is_some() {
+        return near;
+    }
     // `try_with`: hooks also fire while a thread's locals are being destroyed.
-    SITE_CACHE
+    let site = SITE_CACHE
         .try_with(|cache| {
             let cache = cache.try_borrow().ok()?;
             if cache.0 == key {
@@ -171,12 +196,18 @@ pub(crate) fn cached(key: u64, location: &'static Location<'static>) -> Option<&
             }
         })
         .ok()
-        .flatten()
+        .flatten();
+    if let Some(site) = site {
+        let _ =
+            NEAR_CACHE.try_with(|near| near[near_slot(address)].set((key, address, Some(site))));
+    }
+    site
 }
 
 /// Caches `site` for `location` in the registry `key` on this thread.
 pub(crate) fn cache(key: u64, location: &'static Location<'static>, site: &'static Site) {
     let address = location as *const Location<'static> as usize;
+    let _ = NEAR_CACHE.try_with(|near| near[near_slot(address)].set((key, address, Some(site))));
     let _ = SITE_CACHE.try_with(|cache| {
         if let Ok(mut cache) = cache.try_borrow_mut() {
             if cache.0 != key {
