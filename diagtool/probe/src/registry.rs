@@ -30,10 +30,10 @@
 //! overflow map by [`TaskRegistry::set_name`] during a scan may be missed or seen twice by it.
 
 use std::borrow::Cow;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::num::NonZeroU64;
 use std::panic::Location;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::task::Id;
@@ -49,6 +49,10 @@ use slots::{MAX_SITE_INDEX, Slots, pack, unpack};
 
 /// The number of shards of the overflow map (named tasks, and tasks whose slot bucket was full).
 pub const SHARDS: usize = 64;
+
+/// Sites the terminate hook finds by index without a lock (8 KiB per registry); a binary with
+/// more spawn sites looks the rest up through the per-thread cache, as the spawn hook does.
+const FAST_SITES: usize = 1024;
 
 /// Task ids and pointers are already well spread integers: the Fx hash (one multiply) suits them.
 type FastMap<K, V> = rustc_hash::FxHashMap<K, V>;
@@ -70,6 +74,9 @@ struct Inner {
     /// per-thread caches hold plain `&'static` references: no reference count on the hot path.
     /// They are bounded by the number of spawn call sites in the binary (about 600 bytes each).
     sites: Mutex<SiteTable>,
+    /// The first [`FAST_SITES`] site records by index, readable without a lock: the terminate
+    /// hook finds its site's counters from the slot's index.
+    fast_sites: Box<[AtomicPtr<Site>]>,
     /// Most live tasks: see `registry_slots.rs`.
     slots: Slots,
     /// The other live tasks, sharded by id.
@@ -171,6 +178,21 @@ pub struct Totals {
 thread_local! {
     /// A name waiting for the next spawn on this thread (set by `spawn_named`).
     static PENDING_NAME: RefCell<Option<Cow<'static, str>>> = const { RefCell::new(None) };
+    /// Whether `PENDING_NAME` may hold a name: a plain `Cell` without a destructor is cheaper to
+    /// reach than the `RefCell`, and almost every spawn has no name.
+    static NAME_PENDING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Takes the name set for this spawn, if any.
+fn take_pending_name() -> Option<Cow<'static, str>> {
+    if !NAME_PENDING.try_with(Cell::get).unwrap_or(true) {
+        return None;
+    }
+    let _ = NAME_PENDING.try_with(|flag| flag.set(false));
+    PENDING_NAME
+        .try_with(|slot| slot.try_borrow_mut().ok().and_then(|mut slot| slot.take()))
+        .ok()
+        .flatten()
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -201,11 +223,12 @@ pub(crate) fn set_pending_name(name: Cow<'static, str>) {
             *slot = Some(name);
         }
     });
+    let _ = NAME_PENDING.try_with(|flag| flag.set(true));
 }
 
 /// Drops a name that no spawn consumed (the runtime had no registry).
 pub(crate) fn clear_pending_name() {
-    let _ = PENDING_NAME.try_with(|slot| slot.try_borrow_mut().map(|mut slot| slot.take()));
+    let _ = take_pending_name();
 }
 
 impl Default for TaskRegistry {
@@ -226,6 +249,9 @@ impl TaskRegistry {
                 key: NEXT_KEY.fetch_add(1, Ordering::Relaxed),
                 started_ns: coarse_now_ns(),
                 sites: Mutex::new(SiteTable::default()),
+                fast_sites: (0..FAST_SITES)
+                    .map(|_| AtomicPtr::new(std::ptr::null_mut()))
+                    .collect(),
                 slots: Slots::new(),
                 shards,
                 overflowed: AtomicUsize::new(0),
@@ -479,7 +505,19 @@ impl Inner {
 
     /// The site record of the `Location` static at `address` (the slow path).
     fn intern(&self, address: usize, location: &'static Location<'static>) -> &'static Site {
-        lock(&self.sites).intern(address, location)
+        let site = lock(&self.sites).intern(address, location);
+        if let Some(fast) = self.fast_sites.get(site.index as usize) {
+            fast.store(site as *const Site as *mut Site, Ordering::Release);
+        }
+        site
+    }
+
+    /// The site record with `index`, lock-free for the first [`FAST_SITES`] sites.
+    fn fast_site(&self, index: u32) -> Option<&'static Site> {
+        let site = self.fast_sites.get(index as usize)?.load(Ordering::Acquire);
+        // SAFETY: a non-null pointer here came from a leaked `Box<Site>` (`SiteTable::intern`),
+        // never freed: valid and shared for the rest of the process.
+        unsafe { site.cast_const().as_ref() }
     }
 
     /// The site record with `index` (a slot's), under the registry-wide lock: not for the hooks.
@@ -498,10 +536,7 @@ impl Inner {
     }
 
     fn spawned(&self, id: Id, location: &'static Location<'static>) {
-        let name = PENDING_NAME
-            .try_with(|slot| slot.try_borrow_mut().ok().and_then(|mut slot| slot.take()))
-            .ok()
-            .flatten();
+        let name = take_pending_name();
         let site = self.site(location);
         site.add_spawned();
         let born_ns = coarse_now_ns();
@@ -528,9 +563,11 @@ impl Inner {
     /// the site's counters through this thread's cache, without the registry-wide lock.
     fn terminated(&self, id: Id, location: Option<&'static Location<'static>>) {
         if let Some(meta) = self.slots.remove(raw_id(id)) {
-            let site = match location {
-                Some(location) => Some(self.site(location)),
-                None => self.site_at(unpack(meta).0),
+            let index = unpack(meta).0;
+            let site = match (self.fast_site(index), location) {
+                (Some(site), _) => Some(site),
+                (None, Some(location)) => Some(self.site(location)),
+                (None, None) => self.site_at(index),
             };
             if let Some(site) = site {
                 site.add_terminated();
