@@ -4,8 +4,10 @@
 //! the task's id, spawn site (`TaskMeta::spawned_at()`), spawn time and optional name;
 //! `on_task_terminate` forgets it. The registry is meant to stay on in production, so the hooks
 //! cost a few nanoseconds and take no lock in the common case (issue 16 measured each piece):
-//! - sites are interned once per registry and cached per thread (`registry_sites.rs`): a hook
-//!   finds its site's record from the `&'static Location` without a shared lock;
+//! - sites are interned once per registry and cached per thread (`registry_sites.rs`): the spawn
+//!   hook finds its site's record from the `&'static Location` without a shared lock, the
+//!   terminate hook from the site index in the task's slot (a lock-free array of the first
+//!   1024 sites);
 //! - per-site spawned/terminated counters are striped by thread, one cache line per stripe, so a
 //!   task spawned on one worker and ended on another does not bounce a shared line between cores;
 //!   reads sum the stripes;
