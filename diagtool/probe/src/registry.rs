@@ -3,64 +3,63 @@
 //! [`TaskRegistry::install`] puts two hooks on a `tokio::runtime::Builder`: `on_task_spawn` records
 //! the task's id, spawn site (`TaskMeta::spawned_at()`), spawn time and optional name;
 //! `on_task_terminate` forgets it. The registry is meant to stay on in production, so the hooks
-//! are cheap:
-//! - a site is interned once per registry (a `Site` with atomic counters, allocated once and never
-//!   freed: site records are bounded by the spawn call sites in the binary), keyed by its formatted
-//!   `path:line:col`: one source location can have several `Location` statics (generic
-//!   instantiations, codegen units), and they all map to one record at first sight; each worker thread
-//!   keeps a private cache from the `&'static Location` to its `&'static Site`, so the spawn path
-//!   takes no shared lock and no reference count to find it, and a live entry points straight at
-//!   its site so the terminate path needs no lookup at all;
-//! - live tasks sit in [`SHARDS`] small maps sharded by task id, each behind its own mutex, so two
-//!   workers rarely meet on one lock; entries hold no allocation unless the task has a name;
+//! cost a few nanoseconds and take no lock in the common case (issue 16 measured each piece):
+//! - sites are interned once per registry and cached per thread (`registry_sites.rs`): the spawn
+//!   hook finds its site's record from the `&'static Location` without a shared lock, the
+//!   terminate hook from the site index in the task's slot (a lock-free array of the first
+//!   1024 sites);
+//! - per-site spawned/terminated counters are striped by thread, one cache line per stripe, so a
+//!   task spawned on one worker and ended on another does not bounce a shared line between cores;
+//!   reads sum the stripes;
+//! - live tasks sit in a fixed table of lock-free slots indexed by task id (`registry_slots.rs`):
+//!   a spawn claims a slot with one compare-and-swap and writes its site's index and spawn time,
+//!   a terminate frees it with another. Named tasks, and tasks whose bucket is held by long-lived
+//!   tasks, go to an overflow map sharded by id ([`SHARDS`] mutexes); a terminate looks there
+//!   only when it is not empty;
 //! - spawn times come from the coarse monotonic clock (a few ns, millisecond resolution: ages are
-//!   reported in seconds).
+//!   reported in seconds, to the millisecond).
+//!
+//! Every live task keeps its id, site and spawn time, so [`TaskRegistry::live_tasks`] (the dumps'
+//! join from task id to site, name and age, `LeakGuard`, `?debug=2`) and the exact oldest and
+//! median age per site ([`TaskRegistry::site_ages`]) stay as they were; readers pay instead (a
+//! scan of the 8192 slots, ~100 us, plus the overflow map).
 //!
 //! Invariants: one site record per site string (so sums, sorting, metric labels and dump joins
 //! never see a site twice); a terminate counts only for an id seen spawning (tokio also fires it for
 //! `spawn_blocking` tasks and for its own workers at shutdown, which never fired spawn), so per
-//! site `spawned - terminated` is exactly the number of live entries of that site.
+//! site `spawned - terminated` is exactly the number of live entries of that site (slots plus
+//! overflow) once no hook is running. A reader runs alongside the hooks: a task moved to the
+//! overflow map by [`TaskRegistry::set_name`] during a scan may be missed or seen twice by it.
 
 use std::borrow::Cow;
-use std::cell::RefCell;
-use std::collections::HashMap;
-use std::hash::BuildHasher as _;
+use std::cell::{Cell, RefCell};
+use std::num::NonZeroU64;
 use std::panic::Location;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::task::Id;
 
-/// The number of shards of the live-task map.
+#[path = "registry_sites.rs"]
+mod sites;
+#[path = "registry_slots.rs"]
+mod slots;
+
+pub use sites::{MAX_NAMES_PER_SITE, format_site, short_path};
+use sites::{Site, SiteTable};
+use slots::{MAX_SITE_INDEX, Slots, pack, unpack};
+
+/// The number of shards of the overflow map (named tasks, and tasks whose slot bucket was full).
 pub const SHARDS: usize = 64;
+
+/// Sites the terminate hook finds by index without a lock (8 KiB per registry); a binary with
+/// more spawn sites looks the rest up through the per-thread cache, as the spawn hook does.
+const FAST_SITES: usize = 1024;
 
 /// Task ids and pointers are already well spread integers: the Fx hash (one multiply) suits them.
 type FastMap<K, V> = rustc_hash::FxHashMap<K, V>;
 
-/// One spawn site's counters.
-#[derive(Debug)]
-struct Site {
-    /// The formatted site (`path:line:col`, see [`format_site`]): the record's identity.
-    text: Box<str>,
-    spawned: AtomicU64,
-    terminated: AtomicU64,
-    /// Distinct names seen here, at most [`MAX_NAMES_PER_SITE`]; touched only by named spawns.
-    names: Mutex<Vec<Cow<'static, str>>>,
-}
-
-/// How many distinct task names a site remembers (names are meant to be few per site).
-pub const MAX_NAMES_PER_SITE: usize = 16;
-
-impl Site {
-    fn remember(&self, name: Cow<'static, str>) {
-        let mut names = lock(&self.names);
-        if names.len() < MAX_NAMES_PER_SITE && !names.contains(&name) {
-            names.push(name);
-        }
-    }
-}
-
-/// A live task as the shard map keeps it.
+/// A live task as the overflow map keeps it.
 #[derive(Debug)]
 struct Entry {
     site: &'static Site,
@@ -73,24 +72,35 @@ struct Inner {
     /// Distinguishes registries in the per-thread site caches.
     key: u64,
     started_ns: u64,
-    /// Site records, allocated once per (registry, spawn site) and never freed, so entries and
+    /// Site records, allocated once per (registry, spawn site) and never freed, so the hooks and
     /// per-thread caches hold plain `&'static` references: no reference count on the hot path.
-    /// They are bounded by the number of spawn call sites in the binary (about 100 bytes each).
+    /// They are bounded by the number of spawn call sites in the binary (about 600 bytes each).
     sites: Mutex<SiteTable>,
+    /// The first [`FAST_SITES`] site records by index, readable without a lock: the terminate
+    /// hook finds its site's counters from the slot's index.
+    fast_sites: Box<[AtomicPtr<Site>]>,
+    /// Most live tasks: see `registry_slots.rs`.
+    slots: Slots,
+    /// The other live tasks, sharded by id.
     shards: Box<[Mutex<FastMap<Id, Entry>>]>,
+    /// Entries in `shards`, raised before one is added: at 0 a terminate missing from the slots
+    /// (a `spawn_blocking` task, a worker at shutdown) takes no lock.
+    overflowed: AtomicUsize,
 }
 
-/// The interned sites: every `Location` address seen, and one record per site string.
-#[derive(Debug, Default)]
-struct SiteTable {
-    by_location: FastMap<usize, &'static Site>,
-    by_text: HashMap<Box<str>, &'static Site>,
+/// tokio's task id as the integer it wraps (tokio exposes it only through `Display`).
+fn raw_id(id: Id) -> NonZeroU64 {
+    // SAFETY: `Id` is a struct whose one field is a `NonZeroU64` (tokio 1.x); `transmute` checks
+    // at compile time that the sizes match, so that field spans the whole value and the bytes
+    // are the integer's. A test compares the result with `Display` for real ids.
+    unsafe { std::mem::transmute::<Id, NonZeroU64>(id) }
 }
 
-impl SiteTable {
-    fn all(&self) -> Vec<&'static Site> {
-        self.by_text.values().copied().collect()
-    }
+/// The inverse of [`raw_id`], for ids that `raw_id` produced.
+fn id_from_raw(raw: NonZeroU64) -> Id {
+    // SAFETY: as in `raw_id`; every value passed here came out of `raw_id`, so it is a real
+    // task's id (non-zero, as `Id` requires).
+    unsafe { std::mem::transmute::<NonZeroU64, Id>(raw) }
 }
 
 /// A cheap-clone handle on the live tasks of the runtimes it was installed on.
@@ -168,11 +178,23 @@ pub struct Totals {
 }
 
 thread_local! {
-    /// This thread's view of one registry's sites: (registry key, location address -> site).
-    static SITE_CACHE: RefCell<(u64, FastMap<usize, &'static Site>)> =
-        RefCell::new((0, FastMap::default()));
     /// A name waiting for the next spawn on this thread (set by `spawn_named`).
     static PENDING_NAME: RefCell<Option<Cow<'static, str>>> = const { RefCell::new(None) };
+    /// Whether `PENDING_NAME` may hold a name: a plain `Cell` without a destructor is cheaper to
+    /// reach than the `RefCell`, and almost every spawn has no name.
+    static NAME_PENDING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Takes the name set for this spawn, if any.
+fn take_pending_name() -> Option<Cow<'static, str>> {
+    if !NAME_PENDING.try_with(Cell::get).unwrap_or(true) {
+        return None;
+    }
+    let _ = NAME_PENDING.try_with(|flag| flag.set(false));
+    PENDING_NAME
+        .try_with(|slot| slot.try_borrow_mut().ok().and_then(|mut slot| slot.take()))
+        .ok()
+        .flatten()
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -203,11 +225,12 @@ pub(crate) fn set_pending_name(name: Cow<'static, str>) {
             *slot = Some(name);
         }
     });
+    let _ = NAME_PENDING.try_with(|flag| flag.set(true));
 }
 
 /// Drops a name that no spawn consumed (the runtime had no registry).
 pub(crate) fn clear_pending_name() {
-    let _ = PENDING_NAME.try_with(|slot| slot.try_borrow_mut().map(|mut slot| slot.take()));
+    let _ = take_pending_name();
 }
 
 impl Default for TaskRegistry {
@@ -228,7 +251,12 @@ impl TaskRegistry {
                 key: NEXT_KEY.fetch_add(1, Ordering::Relaxed),
                 started_ns: coarse_now_ns(),
                 sites: Mutex::new(SiteTable::default()),
+                fast_sites: (0..FAST_SITES)
+                    .map(|_| AtomicPtr::new(std::ptr::null_mut()))
+                    .collect(),
+                slots: Slots::new(),
                 shards,
+                overflowed: AtomicUsize::new(0),
             }),
         }
     }
@@ -251,7 +279,9 @@ impl TaskRegistry {
         let on_terminate = Arc::clone(&self.inner);
         builder
             .on_task_spawn(move |meta| on_spawn.spawned(meta.id(), meta.spawned_at()))
-            .on_task_terminate(move |meta| on_terminate.terminated(meta.id()))
+            .on_task_terminate(move |meta| {
+                on_terminate.terminated(meta.id(), Some(meta.spawned_at()))
+            })
     }
 
     /// Records a spawn as the hook does (for tests and for runtimes built elsewhere).
@@ -261,20 +291,41 @@ impl TaskRegistry {
 
     /// Records a terminate as the hook does; an id never seen spawning is ignored.
     pub fn record_terminate(&self, id: Id) {
-        self.inner.terminated(id);
+        self.inner.terminated(id, None);
     }
 
     /// Names a live task; does nothing when the task already ended or was never seen.
     pub fn set_name(&self, id: Id, name: impl Into<Cow<'static, str>>) {
         let name = name.into();
+        let inner = &self.inner;
         let site = {
-            let mut shard = lock(self.inner.shard(id));
-            match shard.get_mut(&id) {
-                Some(entry) => {
-                    entry.name = Some(name.clone());
-                    entry.site
-                }
-                None => return,
+            let mut shard = lock(inner.shard(id));
+            if let Some(entry) = shard.get_mut(&id) {
+                entry.name = Some(name.clone());
+                entry.site
+            } else {
+                // A name does not fit in a slot: move the task to the overflow map. The count
+                // rises first and the shard stays locked, so a terminate racing the move either
+                // frees the slot first (the move then finds nothing) or finds the entry here.
+                inner.overflowed.fetch_add(1, Ordering::SeqCst);
+                let moved = inner.slots.remove(raw_id(id)).and_then(|meta| {
+                    let (index, born_ns) = unpack(meta);
+                    inner.site_at(index).map(|site| (site, born_ns))
+                });
+                let Some((site, born_ns)) = moved else {
+                    inner.overflowed.fetch_sub(1, Ordering::SeqCst);
+                    return;
+                };
+                let name = Some(name.clone());
+                shard.insert(
+                    id,
+                    Entry {
+                        site,
+                        born_ns,
+                        name,
+                    },
+                );
+                site
             }
         };
         site.remember(name);
@@ -303,13 +354,10 @@ impl TaskRegistry {
         sites
             .iter()
             .map(|site| {
-                // Terminated first: a task spawned and ended between the two loads then shows as
-                // one more live task for an instant, never as a negative count.
-                let terminated = site.terminated.load(Ordering::Acquire);
-                let spawned = site.spawned.load(Ordering::Acquire);
+                let (spawned, terminated) = site.counts();
                 SiteCounts {
                     site: site.text.to_string(),
-                    spawned: spawned.max(terminated),
+                    spawned,
                     terminated,
                 }
             })
@@ -327,10 +375,23 @@ impl TaskRegistry {
         totals
     }
 
-    /// Every live task with its site, name and age. Locks one shard at a time, briefly.
+    /// Every live task with its site, name and age: a scan of the slots, then of the overflow
+    /// map, one shard locked at a time, briefly.
     pub fn live_tasks(&self) -> Vec<LiveTask> {
         let now = coarse_now_ns();
+        let sites = lock(&self.inner.sites).all();
         let mut out = Vec::new();
+        self.inner.slots.for_each(|raw, meta| {
+            let (index, born_ns) = unpack(meta);
+            if let Some(site) = sites.get(index as usize) {
+                out.push(LiveTask {
+                    id: id_from_raw(raw),
+                    site: site.text.to_string(),
+                    name: None,
+                    age_s: now.saturating_sub(born_ns) as f64 / 1e9,
+                });
+            }
+        });
         for shard in self.inner.shards.iter() {
             let raw: Vec<(Id, &'static Site, u64, Option<String>)> = lock(shard)
                 .iter()
@@ -358,26 +419,40 @@ impl TaskRegistry {
 
     /// Per site with live tasks, the ages of its live tasks: what a snapshot needs without a
     /// record per task (one spawn time per task is gathered per site, no string per task).
-    /// Locks one shard at a time, briefly.
+    /// Exact to the clock's resolution (about a millisecond). Scans the slots, then the overflow
+    /// map one shard at a time.
     pub fn site_ages(&self) -> Vec<SiteAges> {
         let now = coarse_now_ns();
-        let mut by_site: FastMap<usize, (&'static Site, Vec<u64>, Vec<String>)> =
-            FastMap::default();
+        let sites = lock(&self.inner.sites).all();
+        // Spawn times and live names, by site index.
+        let mut by_site: Vec<(Vec<u64>, Vec<String>)> = vec![Default::default(); sites.len()];
+        self.inner.slots.for_each(|_, meta| {
+            let (index, born_ns) = unpack(meta);
+            if let Some(slot) = by_site.get_mut(index as usize) {
+                slot.0.push(born_ns);
+            }
+        });
         for shard in self.inner.shards.iter() {
             let shard = lock(shard);
             for entry in shard.values() {
-                let slot = by_site
-                    .entry(entry.site as *const Site as usize)
-                    .or_insert_with(|| (entry.site, Vec::new(), Vec::new()));
-                slot.1.push(entry.born_ns);
+                let index = entry.site.index as usize;
+                if by_site.len() <= index {
+                    // A site interned after the table was read: keep its tasks all the same.
+                    by_site.resize_with(index + 1, Default::default);
+                }
+                let slot = &mut by_site[index];
+                slot.0.push(entry.born_ns);
                 if let Some(name) = &entry.name {
-                    slot.2.push(name.to_string());
+                    slot.1.push(name.to_string());
                 }
             }
         }
+        let sites = lock(&self.inner.sites).all();
         by_site
-            .into_values()
-            .map(|(site, mut born, live_names)| {
+            .into_iter()
+            .zip(sites)
+            .filter(|((born, _), _)| !born.is_empty())
+            .map(|((mut born, live_names), site)| {
                 let age = |born_ns: f64| (now as f64 - born_ns).max(0.0) / 1e9;
                 let oldest = born.iter().copied().min().unwrap_or(now);
                 // Youngest-born first is oldest-age last: the median is the same either way.
@@ -414,6 +489,7 @@ impl TaskRegistry {
 
 impl Inner {
     fn shard(&self, id: Id) -> &Mutex<FastMap<Id, Entry>> {
+        use std::hash::BuildHasher as _;
         let index = (rustc_hash::FxBuildHasher.hash_one(id) as usize) % SHARDS;
         &self.shards[index]
     }
@@ -421,133 +497,94 @@ impl Inner {
     /// The site of `location`: from this thread's cache, else interned (first sight) under the
     /// registry-wide lock and then cached on this thread.
     fn site(&self, location: &'static Location<'static>) -> &'static Site {
-        let address = location as *const Location<'static> as usize;
-        // `try_with`: hooks also fire while a thread's locals are being destroyed.
-        let cached = SITE_CACHE
-            .try_with(|cache| {
-                let cache = cache.try_borrow().ok()?;
-                if cache.0 == self.key {
-                    cache.1.get(&address).copied()
-                } else {
-                    None
-                }
-            })
-            .ok()
-            .flatten();
-        if let Some(site) = cached {
+        if let Some(site) = sites::cached(self.key, location) {
             return site;
         }
-        let site = self.intern(address, location);
-        let _ = SITE_CACHE.try_with(|cache| {
-            if let Ok(mut cache) = cache.try_borrow_mut() {
-                if cache.0 != self.key {
-                    *cache = (self.key, FastMap::default());
-                }
-                cache.1.insert(address, site);
-            }
-        });
+        let site = self.intern(location as *const Location<'static> as usize, location);
+        sites::cache(self.key, location, site);
         site
     }
 
-    /// The site record of the `Location` static at `address`, interned by its formatted text
-    /// under the registry-wide lock (the slow path, once per static per registry).
+    /// The site record of the `Location` static at `address` (the slow path).
     fn intern(&self, address: usize, location: &'static Location<'static>) -> &'static Site {
-        {
-            let mut table = lock(&self.sites);
-            let SiteTable {
-                by_location,
-                by_text,
-            } = &mut *table;
-            by_location.entry(address).or_insert_with(|| {
-                // First sight of this static: another static may already name the same place.
-                let text: Box<str> = format_site(location).into();
-                by_text.entry(text.clone()).or_insert_with(|| {
-                    Box::leak(Box::new(Site {
-                        text,
-                        spawned: AtomicU64::new(0),
-                        terminated: AtomicU64::new(0),
-                        names: Mutex::new(Vec::new()),
-                    }))
-                })
-            })
+        let site = lock(&self.sites).intern(address, location);
+        if let Some(fast) = self.fast_sites.get(site.index as usize) {
+            fast.store(site as *const Site as *mut Site, Ordering::Release);
+        }
+        site
+    }
+
+    /// The site record with `index`, lock-free for the first [`FAST_SITES`] sites.
+    fn fast_site(&self, index: u32) -> Option<&'static Site> {
+        let site = self.fast_sites.get(index as usize)?.load(Ordering::Acquire);
+        // SAFETY: a non-null pointer here came from a leaked `Box<Site>` (`SiteTable::intern`),
+        // never freed: valid and shared for the rest of the process.
+        unsafe { site.cast_const().as_ref() }
+    }
+
+    /// The site record with `index` (a slot's), under the registry-wide lock: not for the hooks.
+    fn site_at(&self, index: u32) -> Option<&'static Site> {
+        lock(&self.sites).by_index.get(index as usize).copied()
+    }
+
+    /// Adds a task to the overflow map.
+    fn overflow(&self, id: Id, entry: Entry) {
+        let mut shard = lock(self.shard(id));
+        self.overflowed.fetch_add(1, Ordering::SeqCst);
+        if shard.insert(id, entry).is_some() {
+            // The same id recorded twice (only `record_spawn` can): one entry, counted once.
+            self.overflowed.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
     fn spawned(&self, id: Id, location: &'static Location<'static>) {
-        let name = PENDING_NAME
-            .try_with(|slot| slot.try_borrow_mut().ok().and_then(|mut slot| slot.take()))
-            .ok()
-            .flatten();
+        let name = take_pending_name();
         let site = self.site(location);
-        site.spawned.fetch_add(1, Ordering::AcqRel);
-        if let Some(name) = &name {
-            site.remember(name.clone());
+        site.add_spawned();
+        let born_ns = coarse_now_ns();
+        match name {
+            None if site.index < MAX_SITE_INDEX
+                && self.slots.insert(raw_id(id), pack(site.index, born_ns)) => {}
+            name => {
+                if let Some(name) = &name {
+                    site.remember(name.clone());
+                }
+                self.overflow(
+                    id,
+                    Entry {
+                        site,
+                        born_ns,
+                        name,
+                    },
+                );
+            }
         }
-        let entry = Entry {
-            site,
-            born_ns: coarse_now_ns(),
-            name,
-        };
-        lock(self.shard(id)).insert(id, entry);
     }
 
-    fn terminated(&self, id: Id) {
+    /// `location` is the task's spawn site when the hook knows it (it always does): it finds
+    /// the site's counters through this thread's cache, without the registry-wide lock.
+    fn terminated(&self, id: Id, location: Option<&'static Location<'static>>) {
+        if let Some(meta) = self.slots.remove(raw_id(id)) {
+            let index = unpack(meta).0;
+            let site = match (self.fast_site(index), location) {
+                (Some(site), _) => Some(site),
+                (None, Some(location)) => Some(self.site(location)),
+                (None, None) => self.site_at(index),
+            };
+            if let Some(site) = site {
+                site.add_terminated();
+            }
+            return;
+        }
+        // SeqCst pairs with `set_name`'s move: a slot it emptied shows its entry counted here.
+        if self.overflowed.load(Ordering::SeqCst) == 0 {
+            return;
+        }
         let removed = lock(self.shard(id)).remove(&id);
         if let Some(entry) = removed {
-            entry.site.terminated.fetch_add(1, Ordering::AcqRel);
+            self.overflowed.fetch_sub(1, Ordering::SeqCst);
+            entry.site.add_terminated();
         }
-    }
-}
-
-/// `path:line:col` of a spawn site, the path shortened by [`short_path`].
-pub fn format_site(location: &Location<'_>) -> String {
-    format!(
-        "{}:{}:{}",
-        short_path(location.file()),
-        location.line(),
-        location.column()
-    )
-}
-
-/// Shortens a source path for display: a crate from a registry or a git checkout becomes
-/// `crate-version/src/...`, the standard library `std/src/...` (from `/rustc/<hash>/library/`),
-/// and a workspace path (already relative) stays as it is.
-///
-/// # Examples
-/// ```
-/// use diagtool_probe::short_path;
-/// assert_eq!(
-///     short_path("/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/tokio-1.54.1/src/task/spawn.rs"),
-///     "tokio-1.54.1/src/task/spawn.rs"
-/// );
-/// assert_eq!(short_path("shipper/src/leaklab.rs"), "shipper/src/leaklab.rs");
-/// ```
-pub fn short_path(path: &str) -> Cow<'_, str> {
-    // Normalise Windows separators only when needed.
-    let unified: Cow<'_, str> = if path.contains('\\') {
-        Cow::Owned(path.replace('\\', "/"))
-    } else {
-        Cow::Borrowed(path)
-    };
-    let shortened = if let Some(pos) = unified.find("/.cargo/registry/src/") {
-        // <index-dir>/<crate-version>/...
-        let rest = &unified[pos + "/.cargo/registry/src/".len()..];
-        rest.split_once('/').map(|(_, tail)| tail.to_owned())
-    } else if let Some(pos) = unified.find("/.cargo/git/checkouts/") {
-        // <repo-hash>/<rev>/...
-        let rest = &unified[pos + "/.cargo/git/checkouts/".len()..];
-        rest.splitn(3, '/').nth(2).map(str::to_owned)
-    } else if unified.starts_with("/rustc/") {
-        unified
-            .find("/library/")
-            .map(|pos| unified[pos + "/library/".len()..].to_owned())
-    } else {
-        None
-    };
-    match (shortened, unified) {
-        (Some(short), _) => Cow::Owned(short),
-        (None, Cow::Owned(owned)) => Cow::Owned(owned),
-        (None, Cow::Borrowed(_)) => Cow::Borrowed(path),
     }
 }
 

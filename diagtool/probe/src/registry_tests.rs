@@ -35,8 +35,8 @@ fn two_location_statics_of_one_place_are_one_site() {
         std::ptr::eq(first, second),
         "one record for one site string"
     );
-    first.spawned.fetch_add(1, Ordering::AcqRel);
-    second.spawned.fetch_add(1, Ordering::AcqRel);
+    first.add_spawned();
+    second.add_spawned();
     let sites = registry.sites();
     assert_eq!(sites.len(), 1, "{sites:?}");
     assert_eq!(sites[0].site, format_site(place));
@@ -95,4 +95,81 @@ fn shards_spread_sequential_ids() {
         }
     });
     assert!(used.len() > SHARDS / 2, "only {} shards used", used.len());
+}
+
+#[test]
+fn raw_ids_are_the_ids_tokio_prints() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        for _ in 0..100 {
+            let id = tokio::spawn(async {}).id();
+            assert_eq!(raw_id(id).to_string(), id.to_string());
+            assert_eq!(id_from_raw(raw_id(id)), id);
+        }
+    });
+}
+
+/// Real task ids (tokio's counter is process-wide, so they are spread like a service's).
+fn ids(count: usize) -> Vec<Id> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    rt.block_on(async { (0..count).map(|_| tokio::spawn(async {}).id()).collect() })
+}
+
+#[test]
+fn set_name_moves_a_slot_task_to_the_overflow_map_and_its_terminate_still_counts() {
+    let registry = TaskRegistry::new();
+    let place = Location::caller();
+    let tasks = ids(3);
+    for id in &tasks {
+        registry.record_spawn(*id, place);
+    }
+    assert_eq!(
+        registry.inner.overflowed.load(Ordering::SeqCst),
+        0,
+        "all in slots"
+    );
+    registry.set_name(tasks[1], "moved");
+    assert_eq!(registry.inner.overflowed.load(Ordering::SeqCst), 1);
+    let live = registry.live_tasks();
+    assert_eq!(live.len(), 3, "{live:?}");
+    let named = live.iter().find(|t| t.id == tasks[1]).expect("named task");
+    assert_eq!(named.name.as_deref(), Some("moved"));
+    assert!(named.age_s < 5.0, "{named:?}");
+    assert_eq!(registry.site_ages()[0].live_names, vec!["moved".to_owned()]);
+    for id in &tasks {
+        registry.record_terminate(*id);
+    }
+    let totals = registry.totals();
+    assert_eq!((totals.spawned, totals.terminated, totals.live), (3, 3, 0));
+    assert!(registry.live_tasks().is_empty());
+    assert_eq!(registry.inner.overflowed.load(Ordering::SeqCst), 0);
+    // A name for a task that ended changes nothing.
+    registry.set_name(tasks[0], "late");
+    assert!(registry.live_tasks().is_empty());
+    assert_eq!(registry.inner.overflowed.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn tasks_past_a_full_bucket_overflow_and_are_still_listed_and_counted() {
+    let registry = TaskRegistry::new();
+    let place = Location::caller();
+    // More live tasks than the table has slots: the rest must go to the overflow map.
+    let tasks = ids(slots::WAYS * slots::BUCKETS + 500);
+    for id in &tasks {
+        registry.record_spawn(*id, place);
+    }
+    assert!(registry.inner.overflowed.load(Ordering::SeqCst) >= 500);
+    assert_eq!(registry.live_tasks().len(), tasks.len());
+    assert_eq!(registry.site_ages()[0].live, tasks.len() as u64);
+    for id in &tasks {
+        registry.record_terminate(*id);
+    }
+    assert_eq!(registry.totals().live, 0);
+    assert_eq!(registry.totals().terminated, tasks.len() as u64);
+    assert!(registry.live_tasks().is_empty());
+    assert_eq!(registry.inner.overflowed.load(Ordering::SeqCst), 0);
 }

@@ -1,0 +1,224 @@
+//! The registry's live-task table: a fixed array of lock-free slots indexed by task id.
+//!
+//! tokio hands out task ids from one process-wide counter, so ids are unique for the life of the
+//! process and consecutive spawns get consecutive ids. That makes a direct-mapped table the
+//! cheapest live-task set there is: id `n` belongs to bucket `(n / WAYS) % BUCKETS`, a bucket is
+//! one cache line of [`WAYS`] slots, and a slot is two words, the id and a packed `meta` (the
+//! site's index and the spawn time). A spawn claims a free slot of its bucket with one
+//! compare-and-swap, a terminate frees it with another: no lock, no hashing, no allocation, and
+//! the line a spawn writes is usually the one its neighbours' terminates write next.
+//!
+//! A bucket whose ways are all held (by long-lived tasks whose ids share it) makes the spawn
+//! fall back to the registry's locked overflow map; so do named tasks (a name does not fit in a
+//! word). With a few hundred long-lived tasks nearly every short-lived task stays in the table;
+//! a leak of tens of thousands of tasks fills it and the rest degrade to the overflow map's cost.
+//!
+//! Readers scan every slot as a sequence lock: id, meta, id again; a slot whose id changed in
+//! between is skipped (the task ended, or a new one is being written). Ids never repeat, so a
+//! reader can never take one task's meta for another's.
+
+use std::num::NonZeroU64;
+use std::sync::atomic::{AtomicU64, Ordering, fence};
+
+/// Slots per bucket: 4 x 16 bytes fill one 64-byte cache line.
+pub(crate) const WAYS: usize = 4;
+/// Buckets in the table (a power of two): 8192 slots, 128 KiB per registry.
+pub(crate) const BUCKETS: usize = 2048;
+
+/// Set in a slot's id word while a spawn writes its meta: readers skip the slot.
+const WRITING: u64 = 1 << 63;
+
+/// Bits of `meta` that hold the spawn time, in ticks of 2^20 ns (about 1.05 ms) of the monotonic
+/// clock: 40 bits reach 36 years of uptime. The site index takes the 24 bits above.
+const TIME_BITS: u32 = 40;
+const TIME_MASK: u64 = (1 << TIME_BITS) - 1;
+const TICK_SHIFT: u32 = 20;
+/// Site indexes at or past this do not fit in `meta`: such tasks go to the overflow map.
+pub(crate) const MAX_SITE_INDEX: u32 = 1 << (64 - TIME_BITS);
+
+/// Packs a site index and a spawn time (ns) into a slot's meta word.
+pub(crate) fn pack(site_index: u32, born_ns: u64) -> u64 {
+    (u64::from(site_index) << TIME_BITS) | ((born_ns >> TICK_SHIFT) & TIME_MASK)
+}
+
+/// The site index and the spawn time (ns, rounded down to a tick) of a meta word.
+pub(crate) fn unpack(meta: u64) -> (u32, u64) {
+    ((meta >> TIME_BITS) as u32, (meta & TIME_MASK) << TICK_SHIFT)
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    /// The task's raw id; 0 when free; `id | WRITING` while claimed and not yet published.
+    id: AtomicU64,
+    meta: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Bucket {
+    slots: [Slot; WAYS],
+}
+
+/// The table; see the [module docs](self).
+#[derive(Debug)]
+pub(crate) struct Slots {
+    buckets: Box<[Bucket]>,
+}
+
+impl Slots {
+    pub(crate) fn new() -> Self {
+        Slots {
+            buckets: (0..BUCKETS).map(|_| Bucket::default()).collect(),
+        }
+    }
+
+    fn bucket(&self, raw: u64) -> &Bucket {
+        &self.buckets[(raw / WAYS as u64) as usize % BUCKETS]
+    }
+
+    /// Stores a live task; false when its bucket is full (the caller then uses the overflow map).
+    pub(crate) fn insert(&self, raw: NonZeroU64, meta: u64) -> bool {
+        let raw = raw.get();
+        let bucket = self.bucket(raw);
+        // Start at the id's own way, so neighbours spawned at once rarely race for one slot.
+        let first = raw as usize % WAYS;
+        for step in 0..WAYS {
+            let slot = &bucket.slots[(first + step) % WAYS];
+            if slot.id.load(Ordering::Relaxed) == 0
+                && slot
+                    .id
+                    .compare_exchange(0, raw | WRITING, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            {
+                // Orders the claim before the meta store for readers (the sequence-lock fence).
+                fence(Ordering::Release);
+                slot.meta.store(meta, Ordering::Relaxed);
+                slot.id.store(raw, Ordering::Release);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Frees the slot of a live task; its meta when it was here, `None` when it was not.
+    pub(crate) fn remove(&self, raw: NonZeroU64) -> Option<u64> {
+        let raw = raw.get();
+        for slot in &self.bucket(raw).slots {
+            // Acquire: a slot freed by `set_name`'s move is seen with the overflow count it raised.
+            if slot.id.load(Ordering::Acquire) == raw {
+                // Nobody writes the meta of a published slot, so this read is the task's own.
+                let meta = slot.meta.load(Ordering::Relaxed);
+                return slot
+                    .id
+                    .compare_exchange(raw, 0, Ordering::AcqRel, Ordering::Acquire)
+                    .ok()
+                    .map(|_| meta);
+            }
+        }
+        None
+    }
+
+    /// Calls `f(raw id, meta)` for every task published in the table at the time its slot is read.
+    pub(crate) fn for_each(&self, mut f: impl FnMut(NonZeroU64, u64)) {
+        for bucket in self.buckets.iter() {
+            for slot in &bucket.slots {
+                let id = slot.id.load(Ordering::Acquire);
+                if id == 0 || id & WRITING != 0 {
+                    continue;
+                }
+                let meta = slot.meta.load(Ordering::Relaxed);
+                fence(Ordering::Acquire);
+                if slot.id.load(Ordering::Relaxed) != id {
+                    continue;
+                }
+                if let Some(id) = NonZeroU64::new(id) {
+                    f(id, meta);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u64) -> NonZeroU64 {
+        NonZeroU64::new(n).expect("non-zero")
+    }
+
+    #[test]
+    fn meta_round_trips_site_and_time_to_a_tick() {
+        let born = 123_456_789_012_345;
+        let (site, back) = unpack(pack(77, born));
+        assert_eq!(site, 77);
+        assert!(born - back < 1 << TICK_SHIFT, "{born} -> {back}");
+        assert_eq!(unpack(pack(MAX_SITE_INDEX - 1, 0)).0, MAX_SITE_INDEX - 1);
+    }
+
+    #[test]
+    fn insert_remove_and_scan() {
+        let slots = Slots::new();
+        for n in 1..=100 {
+            assert!(slots.insert(id(n), pack(n as u32, 0)));
+        }
+        assert_eq!(slots.remove(id(50)), Some(pack(50, 0)));
+        assert_eq!(slots.remove(id(50)), None, "a second remove finds nothing");
+        assert_eq!(slots.remove(id(1000)), None, "an id never stored");
+        let mut seen = Vec::new();
+        slots.for_each(|raw, meta| seen.push((raw.get(), unpack(meta).0)));
+        seen.sort_unstable();
+        assert_eq!(seen.len(), 99);
+        assert!(
+            seen.iter()
+                .all(|&(raw, site)| raw != 50 && raw as u32 == site)
+        );
+    }
+
+    #[test]
+    fn a_full_bucket_refuses_and_a_freed_way_is_reused() {
+        let slots = Slots::new();
+        let stride = (WAYS * BUCKETS) as u64;
+        // Ids one table apart share a bucket: WAYS of them fill it.
+        for k in 0..WAYS as u64 {
+            assert!(slots.insert(id(7 + k * stride), 0));
+        }
+        assert!(
+            !slots.insert(id(7 + WAYS as u64 * stride), 0),
+            "bucket full"
+        );
+        assert!(slots.remove(id(7 + stride)).is_some());
+        assert!(slots.insert(id(7 + WAYS as u64 * stride), 0), "way reused");
+    }
+
+    #[test]
+    fn concurrent_inserts_and_removes_leave_exactly_the_survivors() {
+        let slots = Slots::new();
+        // Ids below the table's size never wrap onto a held way; the four threads write the
+        // same buckets at once (ids 4n+1..4n+4 share one).
+        std::thread::scope(|scope| {
+            for thread in 0..4u64 {
+                let slots = &slots;
+                scope.spawn(move || {
+                    for n in 0..1_500u64 {
+                        let raw = id(1 + thread + 4 * n);
+                        assert!(slots.insert(raw, pack(thread as u32, n)));
+                        if n % 3 != 0 {
+                            assert!(slots.remove(raw).is_some());
+                        }
+                    }
+                });
+            }
+        });
+        let mut count = 0;
+        slots.for_each(|raw, _| {
+            assert_eq!(
+                ((raw.get() - 1) / 4) % 3,
+                0,
+                "{raw} should have been removed"
+            );
+            count += 1;
+        });
+        assert_eq!(count, 4 * 500);
+    }
+}
