@@ -223,6 +223,8 @@ const ALLOCATOR_PREFIXES: &[&str] = &[
     "<core::",
     "std::alloc",
     "__rust_",
+    // What `#[global_allocator]` expands to (`__rustc::__rust_alloc`), at the static's line.
+    "__rustc::",
     "__rdl_",
     "__rg_",
     "_rjem_",
