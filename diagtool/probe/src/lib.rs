@@ -41,6 +41,12 @@
 //!   its own spawn), so each call line is its own site and release-build dumps keep its frames;
 //!   helpers that spawn for a caller must be `#[track_caller]` down to the spawn.
 //!
+//! Heap profiles (`/debug/pprof/heap`, [`heap`]) need the cargo feature `heap-profiling`: the probe
+//! then declares jemalloc as the process's `#[global_allocator]` itself, with its sampler on from
+//! the first allocation, so enabling the feature is the whole adoption (a host that declares its own
+//! allocator gets a link error and leaves the feature off). Without it the heap endpoints answer
+//! 501 saying how to enable it.
+//!
 //! Invariant: `/debug/*` never binds a non-loopback address without a bearer token
 //! ([`check_bind`]).
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
