@@ -1,6 +1,7 @@
 //! Symbolises the return addresses of jemalloc's backtraces in-process, with the same symboliser
 //! as CPU profiles (`backtrace`, DWARF line tables, inlined frames expanded), and cuts off the
-//! allocator's own frames so each stack ends at the call that allocated.
+//! allocator's own frames and Rust's allocation library (`alloc`, `core`) from the leaf end, so
+//! each stack ends in the function that asked for memory.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -15,26 +16,38 @@ const CACHE_CAP: usize = 100_000;
 
 static CACHE: Mutex<Option<HashMap<u64, Vec<Frame>>>> = Mutex::new(None);
 
-/// Function-name prefixes of jemalloc and of Rust's allocator shims: frames above the allocating
-/// call, cut off the leaf end of every stack.
-const MACHINERY: &[&str] = &[
-    "_rjem_",
-    "je_",
-    "prof_",
-    "imalloc",
-    "ialloc",
-    "irealloc",
-    "tikv_jemalloc",
-    "<tikv_jemallocator",
+/// Function-name prefixes of the allocator's entry points (Rust's shims and jemalloc's API):
+/// everything from the outermost of them to the leaf is the allocator's own work, cut off.
+const ALLOCATOR_ENTRY: &[&str] = &[
     "__rustc::",
     "__rust_alloc",
     "__rust_realloc",
-    "__rust_alloc_zeroed",
     "__rdl_",
     "__rg_",
-    "_Unwind_Backtrace",
-    "??",
+    "<tikv_jemallocator",
+    "tikv_jemallocator",
+    "_rjem_",
 ];
+
+/// Frames of jemalloc's internals, cut off the leaf end when no entry point was resolved.
+const ALLOCATOR_INTERNAL: &[&str] = &[
+    "je_", "prof_", "imalloc", "ialloc", "irealloc", "irallocx", "ixalloc", "_Unwind_", "??",
+];
+
+/// Rust's allocation library: `Vec`, `Box`, `String` and friends growing or allocating. Cut off
+/// the leaf end too, so the stack ends in the function that asked for memory: `go tool pprof
+/// -top` then puts the bytes on that function (as Go's heap profiles do on the caller of the
+/// allocator), not on `alloc::alloc::alloc`.
+fn is_allocation_library(frame: &Frame) -> bool {
+    let name = frame.function.as_str();
+    ["alloc::", "<alloc::", "core::", "<core::"]
+        .iter()
+        .any(|prefix| name.starts_with(prefix))
+        || frame
+            .file
+            .as_deref()
+            .is_some_and(|file| file.starts_with("alloc/src/") || file.starts_with("core/src/"))
+}
 
 /// The frames at `address`, innermost (inlined callee) first.
 fn resolve(address: u64) -> Vec<Frame> {
@@ -75,11 +88,30 @@ fn frame_path(path: &str) -> String {
     short.into_owned()
 }
 
-fn is_machinery(frame: &Frame) -> bool {
-    MACHINERY
+fn starts_with_any(frame: &Frame, prefixes: &[&str]) -> bool {
+    prefixes
         .iter()
         .any(|prefix| frame.function.starts_with(prefix))
         || frame.function.starts_with("0x")
+}
+
+/// How many frames, innermost first, belong to the allocator and Rust's allocation library.
+fn machinery_depth(frames: &[Frame]) -> usize {
+    let past_allocator = match frames
+        .iter()
+        .rposition(|frame| starts_with_any(frame, ALLOCATOR_ENTRY))
+    {
+        Some(entry) => entry + 1,
+        None => frames
+            .iter()
+            .position(|frame| !starts_with_any(frame, ALLOCATOR_INTERNAL))
+            .unwrap_or(0),
+    };
+    past_allocator
+        + frames[past_allocator..]
+            .iter()
+            .take_while(|frame| is_allocation_library(frame))
+            .count()
 }
 
 /// Symbolises `stacks` into root-first stacks, the allocator's frames cut off the leaf end.
@@ -89,7 +121,7 @@ pub(crate) fn symbolize(stacks: &[RawStack]) -> Vec<HeapStack> {
     if cache.len() > CACHE_CAP {
         cache.clear();
     }
-    stacks
+    let resolved = stacks
         .iter()
         .map(|stack| {
             // Innermost first, as the dump lists them.
@@ -98,10 +130,8 @@ pub(crate) fn symbolize(stacks: &[RawStack]) -> Vec<HeapStack> {
                 let resolved = cache.entry(address).or_insert_with(|| resolve(address));
                 frames.extend(resolved.iter().cloned());
             }
-            let cut = frames
-                .iter()
-                .position(|frame| !is_machinery(frame))
-                .unwrap_or(0);
+            // A stack of nothing but machinery keeps its outermost frame.
+            let cut = machinery_depth(&frames).min(frames.len().saturating_sub(1));
             let mut frames = frames.split_off(cut);
             frames.reverse();
             HeapStack {
@@ -110,7 +140,13 @@ pub(crate) fn symbolize(stacks: &[RawStack]) -> Vec<HeapStack> {
                 bytes: stack.bytes,
             }
         })
-        .collect()
+        .collect();
+    // The symboliser keeps the binary's parsed debug info (tens of MiB, hundreds in a debug
+    // build) until told otherwise: without this, the first profile would raise the service's
+    // memory for good, and every later profile would show it. Resolved addresses stay cached
+    // above, so a steady service rarely needs the debug info again.
+    backtrace::clear_symbol_cache();
+    resolved
 }
 
 #[cfg(test)]
@@ -149,5 +185,40 @@ mod tests {
             leaf.file.as_deref(),
             Some("diagtool/probe/src/heap_symbols.rs")
         );
+    }
+
+    #[test]
+    fn allocator_and_allocation_library_frames_are_cut_only_at_the_leaf() {
+        let frames = vec![
+            Frame::named("irallocx_prof"),
+            Frame::named("_rjem_je_malloc_default"),
+            Frame::at(
+                "__rustc::__rust_alloc",
+                "diagtool/probe/src/heap_jemalloc.rs",
+                19,
+            ),
+            Frame::at("alloc::alloc::alloc", "alloc/src/alloc.rs", 94),
+            Frame::at(
+                "<u8 as alloc::vec::spec_from_elem::SpecFromElem>::from_elem",
+                "alloc/src/vec/spec_from_elem.rs",
+                53,
+            ),
+            Frame::at("app::cache::fill", "app/src/cache.rs", 42),
+            Frame::at(
+                "<core::pin::Pin<P> as core::future::Future>::poll",
+                "core/src/future/future.rs",
+                133,
+            ),
+            Frame::at(
+                "tokio::runtime::task::core::Core<T,S>::poll",
+                "tokio-1.54.1/src/runtime/task/core.rs",
+                380,
+            ),
+        ];
+        assert_eq!(machinery_depth(&frames), 5);
+        // No entry point resolved: jemalloc's internals by name, then the allocation library.
+        assert_eq!(machinery_depth(&frames[..2]), 2);
+        assert_eq!(machinery_depth(&frames[3..]), 2);
+        assert_eq!(machinery_depth(&frames[5..]), 0);
     }
 }
