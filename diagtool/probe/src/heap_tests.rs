@@ -139,3 +139,28 @@ async fn a_real_profile_finds_memory_held_here() {
     );
     drop(held);
 }
+
+#[test]
+fn the_env_sets_the_sample_interval_and_bad_values_name_the_variable() {
+    let env = |value: &'static str| {
+        move |var: &str| (var == ENV_HEAP_SAMPLE_BYTES).then(|| value.to_owned())
+    };
+    let builder = crate::ProbeBuilder::new("s")
+        .heap_sample_bytes_from(&env("1048576"))
+        .expect("valid");
+    assert_eq!(builder.heap_sample_bytes, Some(1 << 20));
+    let err = crate::ProbeBuilder::new("s")
+        .heap_sample_bytes_from(&env("1000"))
+        .expect_err("not a power of two")
+        .to_string();
+    assert!(
+        err.contains(ENV_HEAP_SAMPLE_BYTES) && err.contains("\"1000\""),
+        "{err}"
+    );
+    let mut runtime = tokio::runtime::Builder::new_current_thread();
+    let err = crate::Probe::builder("s")
+        .heap_sample_bytes(3000)
+        .install(&mut runtime)
+        .expect_err("a bad interval is refused at install");
+    assert!(err.to_string().contains("3000"), "{err}");
+}
