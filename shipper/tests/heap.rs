@@ -65,7 +65,7 @@ fn memory_cache_leak_is_named_at_its_line_in_the_heap_profile_and_metrics() {
     wait_until(Duration::from_secs(30), "heap series in /metrics", || {
         shipper.metric(&series).is_some_and(|v| v > 0.0)
             && shipper
-                .metric("shipper_heap_inuse_bytes_total")
+                .metric("shipper_heap_inuse_total_bytes")
                 .is_some_and(|v| v > 0.0)
     });
     assert!(started.elapsed() < Duration::from_secs(30));

@@ -1,6 +1,7 @@
 //! The heap metrics: `<prefix>_heap_inuse_bytes{site}` for the top [`TOP_SITES`] allocation
-//! sites and `<prefix>_heap_inuse_bytes_total`, from a heap profile taken at most every
-//! [`REFRESH`].
+//! sites and `<prefix>_heap_inuse_total_bytes`, from a heap profile taken at most every
+//! [`REFRESH`]. (Not `_heap_inuse_bytes_total`: Prometheus keeps the `_total` suffix for
+//! counters, and `promtool check metrics` fails a gauge that carries it.)
 //!
 //! [`crate::record_metrics`] runs where the host renders `/metrics`, often on the service's own
 //! runtime, and a profile (jemalloc's dump, symbolising) takes milliseconds to seconds. So a
@@ -80,7 +81,7 @@ pub(crate) fn record(prefix: &str) {
         gauge!(name.clone(), "site" => site.clone()).set(*bytes as f64);
     }
     emitted.extend(current);
-    gauge!(format!("{prefix}_heap_inuse_bytes_total")).set(total as f64);
+    gauge!(format!("{prefix}_heap_inuse_total_bytes")).set(total as f64);
 }
 
 /// Takes a profile (skipped when one is being taken for a request) and keeps its figures.
@@ -120,7 +121,7 @@ fn describe(prefix: &str) {
          estimated from jemalloc's samples, refreshed at most every 10 s; a site that only climbs leaks"
     );
     describe_gauge!(
-        format!("{prefix}_heap_inuse_bytes_total"),
+        format!("{prefix}_heap_inuse_total_bytes"),
         Unit::Bytes,
         "memory in use over every sampled allocation (estimated), refreshed at most every 10 s"
     );
