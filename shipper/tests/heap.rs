@@ -1,6 +1,7 @@
-//! End to end: the shipper binary, built with `heap-profiling` (its default), serves heap
-//! profiles over real HTTP that name the leak lab's allocating line; the fixed twin stays bounded;
-//! the heap series appear in `/metrics`.
+//! End to end: the shipper binary, built with `heap-profiling` (off by default: run with
+//! `cargo test -p shipper --features heap-profiling --test heap`), serves heap profiles over real
+//! HTTP that name the leak lab's allocating line; the fixed twin stays bounded; the heap series
+//! appear in `/metrics`.
 #![cfg(feature = "heap-profiling")]
 #![allow(clippy::unwrap_used)]
 

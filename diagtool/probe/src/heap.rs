@@ -38,7 +38,7 @@ pub enum HeapError {
     /// The probe was built without the `heap-profiling` feature.
     #[error(
         "heap profiling is not built in: rebuild the service with the cargo feature \
-         `heap-profiling` of diagtool-probe (the shipper's default build has it), which makes \
+         `heap-profiling` of diagtool-probe (for the shipper: `--features heap-profiling`), which makes \
          jemalloc the allocator with its heap sampler on"
     )]
     NotBuilt,
