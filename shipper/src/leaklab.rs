@@ -15,7 +15,13 @@
 //! answered and ends. A poll's tasks are woken by the next poll, a health check's ping is answered
 //! at the next check, a file follower's channel closes. `spawned` keeps rising at the site while
 //! `live` stays flat, which is what `diagtool diff` and `diagtool soak` must then report.
+//!
+//! One scenario leaks memory instead of tasks: `memory-cache` inserts KiB into a map every period
+//! and never evicts, from one allocating line ([`cache_insert`]) that a heap profile names
+//! (`/debug/pprof/heap`, `diagtool watch --heap`). Its fix evicts all but the newest
+//! [`FIXED_CACHE_ENTRIES`]: the same inserts from the same line, bounded memory.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -36,13 +42,16 @@ pub enum Scenario {
     UnjoinedHealthCheck,
     /// COUNT tasks every PERIOD that park forever (the classic `+16/30s`).
     PollSpawn,
+    /// COUNT KiB every PERIOD inserted into a cache that never evicts: memory, not tasks, leaks.
+    MemoryCache,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 3] = [
+    const ALL: [Scenario; 4] = [
         Self::FileAddSpawn,
         Self::UnjoinedHealthCheck,
         Self::PollSpawn,
+        Self::MemoryCache,
     ];
 
     /// The name used on the command line.
@@ -51,6 +60,7 @@ impl Scenario {
             Self::FileAddSpawn => "file-add-spawn",
             Self::UnjoinedHealthCheck => "unjoined-health-check",
             Self::PollSpawn => "poll-spawn",
+            Self::MemoryCache => "memory-cache",
         }
     }
 
@@ -60,6 +70,7 @@ impl Scenario {
             Self::FileAddSpawn => (1, Duration::ZERO),
             Self::UnjoinedHealthCheck => (2, Duration::from_secs(10)),
             Self::PollSpawn => (16, Duration::from_secs(30)),
+            Self::MemoryCache => (256, Duration::from_secs(1)),
         }
     }
 }
@@ -69,7 +80,8 @@ impl Scenario {
 pub struct LeakSpec {
     /// Which leak.
     pub scenario: Scenario,
-    /// Tasks leaked per event (per tick, per health check, per file added).
+    /// Tasks leaked per event (per tick, per health check, per file added); for `memory-cache`,
+    /// KiB inserted per tick.
     pub count: u32,
     /// Time between events for the timed scenarios; zero for `file-add-spawn`.
     pub period: Duration,
@@ -79,7 +91,8 @@ pub struct LeakSpec {
 #[derive(Debug, thiserror::Error)]
 #[error(
     "invalid --leak-lab value {value:?}: {reason}; expected SCENARIO[:COUNT/PERIOD] with SCENARIO one of \
-     file-add-spawn, unjoined-health-check, poll-spawn (e.g. poll-spawn:16/30s)"
+     file-add-spawn, unjoined-health-check, poll-spawn, memory-cache (e.g. poll-spawn:16/30s, \
+     memory-cache:256/1s: KiB per period)"
 )]
 pub struct LeakSpecError {
     value: String,
@@ -163,7 +176,13 @@ pub struct LeakLab {
     unanswered: Arc<Mutex<Vec<oneshot::Sender<()>>>>,
     /// Fixed `poll-spawn` only: the previous tick's tasks, woken at the next tick.
     pending_polls: Arc<Mutex<Vec<Arc<Notify>>>>,
+    /// `memory-cache`: entries by insertion number, never evicted (fixed: the newest
+    /// [`FIXED_CACHE_ENTRIES`] only).
+    cache: Arc<Mutex<BTreeMap<u64, Vec<u8>>>>,
 }
+
+/// Entries the fixed `memory-cache` keeps: the newest ones, the older evicted.
+pub const FIXED_CACHE_ENTRIES: usize = 8;
 
 impl LeakLab {
     /// A lab running the given scenarios (none: a lab that does nothing).
@@ -255,6 +274,20 @@ impl LeakLab {
         }
     }
 
+    /// One `memory-cache` tick: KIB KiB more in the cache (fixed: the oldest entries past
+    /// [`FIXED_CACHE_ENTRIES`] evicted).
+    fn memory_tick(&self, kib: u32) {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let bound = self.fixed.then_some(FIXED_CACHE_ENTRIES);
+        cache_insert(&mut cache, kib, bound);
+    }
+
+    /// Bytes held by the `memory-cache` scenario's map now.
+    pub fn memory_cache_bytes(&self) -> usize {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.values().map(Vec::len).sum()
+    }
+
     /// Fixed mode at stop: every task still waiting gets its answer, so none outlives the lab.
     /// (The leak keeps nothing to answer: its tasks stay parked, as a leak does.)
     fn answer_all(&self) {
@@ -273,11 +306,13 @@ impl LeakLab {
     pub async fn run(self, stop: CancellationToken) {
         let poll = self.spec(Scenario::PollSpawn);
         let health = self.spec(Scenario::UnjoinedHealthCheck);
-        if poll.is_none() && health.is_none() {
+        let memory = self.spec(Scenario::MemoryCache);
+        if poll.is_none() && health.is_none() && memory.is_none() {
             return;
         }
         let mut poll_timer = poll.map(|s| interval_after(s.period));
         let mut health_timer = health.map(|s| interval_after(s.period));
+        let mut memory_timer = memory.map(|s| interval_after(s.period));
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return self.answer_all(),
@@ -285,6 +320,9 @@ impl LeakLab {
                     if let Some(spec) = poll { self.poll_tick(spec.count) }
                 }
                 _ = tick(&mut health_timer) => self.sink_health_checked(),
+                _ = tick(&mut memory_timer) => {
+                    if let Some(spec) = memory { self.memory_tick(spec.count) }
+                }
             }
         }
     }
@@ -377,6 +415,22 @@ async fn await_ping_reply(reply: oneshot::Receiver<()>) {
     let _ = reply.await;
 }
 
+/// The `memory-cache` leak: a cache that is only ever inserted into. Each entry is a fresh
+/// buffer of `kib` KiB filled with non-zero bytes (so its pages are resident, as a real cache's
+/// are); this line is the allocation site a heap profile names. With `bound` (the fix), the
+/// oldest entries past it are evicted.
+#[inline(never)]
+fn cache_insert(cache: &mut BTreeMap<u64, Vec<u8>>, kib: u32, bound: Option<usize>) {
+    let key = cache.last_key_value().map_or(0, |(last, _)| last + 1);
+    let entry = vec![0xA5u8; kib as usize * 1024];
+    cache.insert(key, entry);
+    if let Some(bound) = bound {
+        while cache.len() > bound {
+            cache.pop_first();
+        }
+    }
+}
+
 /// The `poll-spawn` leak: a task parked on a notification that is never sent (the leak) or sent
 /// at the next poll (the fix).
 #[inline(never)]
@@ -385,181 +439,5 @@ async fn park_after_poll(answer: Arc<Notify>) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn alive() -> usize {
-        tokio::runtime::Handle::current()
-            .metrics()
-            .num_alive_tasks()
-    }
-
-    /// Lets freshly spawned or woken tasks run on the test's current-thread runtime.
-    async fn settle() {
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
-    }
-
-    #[test]
-    fn specs_parse_with_defaults_and_rates() {
-        let spec: LeakSpec = "poll-spawn".parse().expect("parses");
-        assert_eq!((spec.count, spec.period), (16, Duration::from_secs(30)));
-        let spec: LeakSpec = "poll-spawn:4/1s".parse().expect("parses");
-        assert_eq!((spec.count, spec.period), (4, Duration::from_secs(1)));
-        let spec: LeakSpec = "unjoined-health-check:3/500ms".parse().expect("parses");
-        assert_eq!((spec.count, spec.period), (3, Duration::from_millis(500)));
-        let spec: LeakSpec = "file-add-spawn:5".parse().expect("parses");
-        assert_eq!(spec.count, 5);
-        assert_eq!(spec.to_string(), "file-add-spawn:5");
-    }
-
-    #[test]
-    fn bad_specs_name_the_value_and_the_problem() {
-        for (bad, needle) in [
-            ("poll-spam", "unknown scenario"),
-            ("poll-spawn:x/1s", "COUNT"),
-            ("poll-spawn:0/1s", "at least 1"),
-            ("poll-spawn:2/1fortnight", "PERIOD"),
-            ("poll-spawn:2/30", "PERIOD"),
-            ("poll-spawn:2/0s", "longer than zero"),
-        ] {
-            let err = bad.parse::<LeakSpec>().expect_err(bad).to_string();
-            assert!(err.contains(needle) && err.contains(bad), "{bad}: {err}");
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn poll_spawn_leaks_count_every_period_and_its_driver_stops() {
-        let lab = LeakLab::new(vec!["poll-spawn:4/1s".parse().expect("parses")]);
-        let stop = CancellationToken::new();
-        let driver = tokio::spawn(lab.run(stop.clone()));
-        settle().await;
-        let base = alive();
-        for tick in 1..=3 {
-            tokio::time::advance(Duration::from_secs(1)).await;
-            settle().await;
-            assert_eq!(alive(), base + 4 * tick, "after tick {tick}");
-        }
-        stop.cancel();
-        driver.await.expect("driver joins");
-        // The leaked tasks outlive their driver: that is the leak.
-        assert_eq!(alive(), base - 1 + 12);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn fixed_poll_spawn_spawns_as_often_but_keeps_at_most_one_tick_alive() {
-        let lab = LeakLab::new(vec!["poll-spawn:4/1s".parse().expect("parses")]).fixed(true);
-        let stop = CancellationToken::new();
-        let driver = tokio::spawn(lab.run(stop.clone()));
-        settle().await;
-        let base = alive();
-        for tick in 1..=5 {
-            tokio::time::advance(Duration::from_secs(1)).await;
-            settle().await;
-            // Each tick answers the previous tick's four and spawns four new ones.
-            assert_eq!(alive(), base + 4, "after tick {tick}");
-        }
-        stop.cancel();
-        driver.await.expect("driver joins");
-        settle().await;
-        assert_eq!(
-            alive(),
-            base - 1,
-            "the fix answers every parked task at stop"
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn fixed_health_checks_answer_the_previous_ping_and_file_followers_end() {
-        let lab = LeakLab::new(vec![
-            "unjoined-health-check:2/10s".parse().expect("parses"),
-            "file-add-spawn:3".parse().expect("parses"),
-        ])
-        .fixed(true);
-        let base = alive();
-        lab.sink_health_checked();
-        settle().await;
-        assert_eq!(
-            alive(),
-            base + 2,
-            "this check's pings wait for their answer"
-        );
-        lab.sink_health_checked();
-        settle().await;
-        assert_eq!(alive(), base + 2, "the previous pings were answered");
-        lab.answer_all();
-        settle().await;
-        assert_eq!(alive(), base);
-        lab.file_added();
-        settle().await;
-        assert_eq!(alive(), base, "a follower whose channel closed ends");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn health_check_leak_keeps_tasks_waiting_on_their_ping() {
-        let lab = LeakLab::new(vec!["unjoined-health-check:2/10s".parse().expect("parses")]);
-        let base = alive();
-        lab.sink_health_checked();
-        lab.sink_health_checked();
-        settle().await;
-        assert_eq!(alive(), base + 4);
-        // Still parked much later: the reply senders are kept alive, never answered.
-        tokio::time::advance(Duration::from_secs(3600)).await;
-        settle().await;
-        assert_eq!(alive(), base + 4);
-    }
-
-    #[tokio::test]
-    async fn file_add_leaks_only_when_enabled() {
-        let off = LeakLab::new(vec!["poll-spawn".parse().expect("parses")]);
-        let base = alive();
-        off.file_added();
-        off.sink_health_checked();
-        settle().await;
-        assert_eq!(alive(), base, "disabled scenarios leak nothing");
-        let on = LeakLab::new(vec!["file-add-spawn:3".parse().expect("parses")]);
-        on.file_added();
-        settle().await;
-        assert_eq!(alive(), base + 3);
-    }
-
-    #[derive(Debug, Default)]
-    struct Added(std::sync::atomic::AtomicUsize);
-    impl SourceEvents for Added {
-        fn file_added(&self, _: &str, _: u64) {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        fn file_removed(&self, _: &str) {}
-        fn files_active(&self, _: usize) {}
-        fn lines_read(&self, _: u64, _: u64) {}
-        fn lines_truncated(&self, _: &str, _: u64) {}
-        fn file_truncated(&self, _: &str) {}
-        fn read_error(&self, _: &str, _: &std::io::Error) {}
-        fn docker_invalid(&self, _: &str, _: &str) {}
-        fn cri_invalid(&self, _: &str, _: &str) {}
-    }
-
-    #[tokio::test]
-    async fn lab_events_pass_file_added_on_and_leak_per_file() {
-        let lab = LeakLab::new(vec!["file-add-spawn:2".parse().expect("parses")]);
-        assert!(!lab.has_timed());
-        let events = LabEvents::new(lab, Added::default());
-        let base = alive();
-        events.file_added("/l/a.log", 0);
-        events.file_added("/l/b.log", 0);
-        settle().await;
-        assert_eq!(alive(), base + 4);
-        assert_eq!(events.inner.0.load(std::sync::atomic::Ordering::Relaxed), 2);
-        let timed = LeakLab::new(vec!["unjoined-health-check".parse().expect("parses")]);
-        assert!(timed.has_timed());
-    }
-
-    #[tokio::test]
-    async fn a_lab_with_nothing_timed_returns_at_once() {
-        let lab = LeakLab::new(vec!["file-add-spawn".parse().expect("parses")]);
-        tokio::time::timeout(Duration::from_secs(5), lab.run(CancellationToken::new()))
-            .await
-            .expect("run returns at once when no timed scenario is on");
-    }
-}
+#[path = "leaklab_tests.rs"]
+mod tests;

@@ -223,6 +223,8 @@ const ALLOCATOR_PREFIXES: &[&str] = &[
     "<core::",
     "std::alloc",
     "__rust_",
+    // What `#[global_allocator]` expands to (`__rustc::__rust_alloc`), at the static's line.
+    "__rustc::",
     "__rdl_",
     "__rg_",
     "_rjem_",
@@ -273,7 +275,8 @@ pub fn is_own_frame(function: &str, file: Option<&str>) -> bool {
 const STD_CRATES: &[&str] = &["std", "core", "alloc", "proc_macro", "test", "panic_unwind"];
 
 fn is_std_path(file: &str) -> bool {
-    if file.starts_with("/rustc/") || file.contains("/rustlib/") {
+    // glibc's debug info names its files relative to its build tree (`./csu/...`, `./nptl/...`).
+    if file.starts_with("/rustc/") || file.contains("/rustlib/") || file.starts_with("./") {
         return true;
     }
     let mut parts = file.split('/');

@@ -193,6 +193,15 @@ fn own_frames_exclude_std_dependencies_and_the_allocator() {
         "alloc::alloc::alloc",
         Some("app/src/main.rs")
     ));
+    // What the global allocator expands to, and glibc's own files, are not the service's code.
+    assert!(!is_own_frame(
+        "__rustc::__rust_alloc",
+        Some("diagtool/probe/src/heap_jemalloc.rs")
+    ));
+    assert!(!is_own_frame(
+        "__libc_start_call_main",
+        Some("./csu/../sysdeps/nptl/libc_start_call_main.h")
+    ));
     // A workspace crate whose folder has a dash but no version is own code.
     assert!(is_own_frame(
         "leaky_service::main",

@@ -313,6 +313,14 @@ impl ProfileBuilder {
         self
     }
 
+    /// Names the sample type `go tool pprof` shows when none is asked (`-sample_index`), for
+    /// example `inuse_space` in a heap profile whose first type is `inuse_objects`. Without it,
+    /// readers show the last sample type.
+    pub fn default_sample_type(mut self, ty: &str) -> Self {
+        self.profile.default_sample_type = self.intern(ty);
+        self
+    }
+
     /// Adds a free-form comment (shown by `go tool pprof -comments`).
     pub fn comment(mut self, text: &str) -> Self {
         let index = self.intern(text);

@@ -53,6 +53,12 @@
 //!   its own spawn), so each call line is its own site and release-build dumps keep its frames;
 //!   helpers that spawn for a caller must be `#[track_caller]` down to the spawn.
 //!
+//! Heap profiles (`/debug/pprof/heap`, [`heap`]) need the cargo feature `heap-profiling`: the probe
+//! then declares jemalloc as the process's `#[global_allocator]` itself, with its sampler on from
+//! the first allocation, so enabling the feature is the whole adoption (a host that declares its own
+//! allocator gets a link error and leaves the feature off). Without it the heap endpoints answer
+//! 501 saying how to enable it.
+//!
 //! Invariant: `/debug/*` never binds a non-loopback address without a bearer token
 //! ([`check_bind`]).
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
@@ -78,6 +84,15 @@ mod dump_global;
 mod dump_render;
 mod dump_root;
 mod embed;
+pub mod heap;
+#[cfg(feature = "heap-profiling")]
+mod heap_jemalloc;
+mod heap_metrics;
+mod heap_router;
+#[cfg_attr(not(feature = "heap-profiling"), allow(dead_code))]
+mod heap_symbols;
+#[cfg_attr(not(feature = "heap-profiling"), allow(dead_code))]
+mod heap_v2;
 pub mod process;
 pub mod registry;
 pub mod router;
@@ -122,6 +137,8 @@ pub const ENV_TOKEN: &str = "DIAGTOOL_PROBE_TOKEN";
 pub const ENV_DUMP_TIMEOUT_MS: &str = "DIAGTOOL_PROBE_DUMP_TIMEOUT_MS";
 /// Environment variable enabling tokio's global (stop-the-world) dump: `1`/`true` or `0`/`false`.
 pub const ENV_GLOBAL_DUMP: &str = "DIAGTOOL_PROBE_GLOBAL_DUMP";
+/// Environment variable for the heap sampling interval in bytes (see [`heap::ENV_HEAP_SAMPLE_BYTES`]).
+pub const ENV_HEAP_SAMPLE_BYTES: &str = heap::ENV_HEAP_SAMPLE_BYTES;
 /// Default least time between two task dumps.
 pub const DEFAULT_MIN_DUMP_INTERVAL: Duration = dump::DEFAULT_MIN_INTERVAL;
 
@@ -240,6 +257,7 @@ pub struct ProbeBuilder {
     cpu_frequency_hz: i32,
     global_dump: bool,
     min_dump_interval: Duration,
+    heap_sample_bytes: Option<u64>,
 }
 
 impl ProbeBuilder {
@@ -253,6 +271,7 @@ impl ProbeBuilder {
             cpu_frequency_hz: DEFAULT_CPU_FREQUENCY_HZ,
             global_dump: false,
             min_dump_interval: DEFAULT_MIN_DUMP_INTERVAL,
+            heap_sample_bytes: None,
         }
     }
 
@@ -301,10 +320,46 @@ impl ProbeBuilder {
         self
     }
 
+    /// The heap sampler's interval: one sample per `bytes` allocated on average, a power of two
+    /// from 1 KiB to 1 GiB. Default [`heap::DEFAULT_SAMPLE_BYTES`] (512 KiB, built into jemalloc's
+    /// options); env [`ENV_HEAP_SAMPLE_BYTES`]. Applied at install by restarting jemalloc's
+    /// sampler, so what was sampled before is dropped. Ignored when the probe is built without
+    /// the `heap-profiling` feature or jemalloc's profiler is off.
+    pub fn heap_sample_bytes(mut self, bytes: u64) -> Self {
+        self.heap_sample_bytes = Some(bytes);
+        self
+    }
+
     /// Overrides [`ProbeBuilder::global_dump`] from [`ENV_GLOBAL_DUMP`] only, for hosts that take
     /// their other settings from a file of their own.
     pub fn with_global_dump_env(self) -> Result<Self, ProbeError> {
         self.global_dump_from(|var| std::env::var(var).ok())
+    }
+
+    /// Overrides [`ProbeBuilder::heap_sample_bytes`] from [`ENV_HEAP_SAMPLE_BYTES`] only, for
+    /// hosts that take their other settings from a file of their own.
+    pub fn with_heap_env(self) -> Result<Self, ProbeError> {
+        self.heap_sample_bytes_from(&|var: &str| std::env::var(var).ok())
+    }
+
+    fn heap_sample_bytes_from(
+        mut self,
+        get: &impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ProbeError> {
+        if let Some(value) = get(ENV_HEAP_SAMPLE_BYTES) {
+            let bytes = value
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|&b| heap::check_sample_bytes(b).is_ok())
+                .ok_or_else(|| ProbeError::BadEnv {
+                    var: ENV_HEAP_SAMPLE_BYTES,
+                    value: value.clone(),
+                    reason: "expected a power of two in bytes from 1024 to 1073741824, such as 524288",
+                })?;
+            self.heap_sample_bytes = Some(bytes);
+        }
+        Ok(self)
     }
 
     fn global_dump_from(
@@ -328,8 +383,8 @@ impl ProbeBuilder {
     }
 
     /// Overrides settings from the environment ([`ENV_ADDR`], [`ENV_TOKEN`],
-    /// [`ENV_DUMP_TIMEOUT_MS`], [`ENV_GLOBAL_DUMP`]); the only place the probe reads the
-    /// environment.
+    /// [`ENV_DUMP_TIMEOUT_MS`], [`ENV_GLOBAL_DUMP`], [`ENV_HEAP_SAMPLE_BYTES`]); the only place the
+    /// probe reads the environment.
     pub fn with_default_env(self) -> Result<Self, ProbeError> {
         self.with_env(|var| std::env::var(var).ok())
     }
@@ -353,6 +408,7 @@ impl ProbeBuilder {
             })?;
             self.dump_timeout = Duration::from_millis(ms);
         }
+        self = self.heap_sample_bytes_from(&get)?;
         self.global_dump_from(get)
     }
 
@@ -381,6 +437,16 @@ impl ProbeBuilder {
                 "cpu frequency {} Hz is out of range: use 1 to 1000",
                 self.cpu_frequency_hz
             )));
+        }
+        if let Some(bytes) = self.heap_sample_bytes {
+            match heap::set_sample_bytes(bytes) {
+                Ok(()) => {}
+                Err(err @ heap::HeapError::BadSampleBytes(_)) => {
+                    return Err(ProbeError::BadSetting(err.to_string()));
+                }
+                // Not built in, or jemalloc's profiler off: /debug/pprof/heap says so.
+                Err(err) => tracing::warn!(error = %err, "heap sample interval not applied"),
+            }
         }
         if self.min_dump_interval > Duration::from_secs(60) {
             return Err(ProbeError::BadSetting(format!(

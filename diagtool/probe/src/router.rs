@@ -6,7 +6,9 @@
 //!   in time);
 //! - `GET /debug/pprof/tasks?debug=0|1|2[&timeout_ms=N]`: the dump as a pprof task profile or text;
 //! - `GET /debug/pprof/profile?seconds=N` and `/debug/pprof/flamegraph?seconds=N`: a CPU profile
-//!   (default 30 s, at most 60), 409 while another one runs.
+//!   (default 30 s, at most 60), 409 while another one runs;
+//! - `GET /debug/pprof/heap[?debug=1]` and `/debug/pprof/heap/flamegraph`: memory in use
+//!   (`heap_router.rs`; 501 without the `heap-profiling` feature).
 //!
 //! Errors are JSON (`{"error": "..."}`) with the status that says what happened: 400 for a bad
 //! parameter, 401 for a missing or wrong token, 409 for an overlapping profile, 503 for a dump
@@ -101,6 +103,11 @@ pub fn router(probe: Probe) -> Router {
         .route("/debug/pprof/tasks", get(pprof_tasks))
         .route("/debug/pprof/profile", get(cpu_profile))
         .route("/debug/pprof/flamegraph", get(cpu_flamegraph))
+        .route("/debug/pprof/heap", get(super::heap_router::heap_profile))
+        .route(
+            "/debug/pprof/heap/flamegraph",
+            get(super::heap_router::heap_flamegraph),
+        )
         .route_layer(middleware::from_fn_with_state(probe.clone(), require_token))
         .with_state(probe)
 }
@@ -300,6 +307,18 @@ async fn index(State(probe): State<Probe>) -> Html<String> {
         (
             "pprof/flamegraph?seconds=30",
             "CPU profile as an SVG flamegraph",
+        ),
+        (
+            "pprof/heap",
+            "memory in use by stack, pprof protobuf (go tool pprof)",
+        ),
+        (
+            "pprof/heap?debug=1",
+            "memory in use by allocation site, largest first",
+        ),
+        (
+            "pprof/heap/flamegraph",
+            "memory in use as an SVG flamegraph",
         ),
     ];
     let totals = probe.registry().totals();

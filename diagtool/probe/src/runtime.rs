@@ -99,6 +99,9 @@ pub fn long_polls(handle: &Handle) -> Option<u64> {
 /// Call it right before rendering the exporter's text; it is cheap (one pass over the sites).
 pub fn record_metrics(prefix: &str, registry: &TaskRegistry, handle: &Handle) {
     describe(prefix);
+    // With heap profiling built in: `<prefix>_heap_inuse_bytes{site}` and `_total`, from figures
+    // refreshed off this thread (see heap_metrics.rs).
+    super::heap_metrics::record(prefix);
     let mut sites = registry.sites();
     // Sorted by name, so the capped set of age series is the same at every scrape.
     sites.sort_unstable_by(|a, b| a.site.cmp(&b.site));
