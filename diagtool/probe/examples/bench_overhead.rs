@@ -41,6 +41,9 @@ const DEFAULT_BATCH: u64 = 1_000;
 enum Mode {
     Plain,
     Registry,
+    /// Empty spawn and terminate hooks: tokio's hook dispatch alone, the floor under any
+    /// registry (run by hand: `--child hooks`; the driver never schedules it).
+    Hooks,
     /// The registry, and every task wrapped in the probe's `Traced` (what `spawn_named` does).
     Traced,
     Console,
@@ -51,6 +54,7 @@ impl Mode {
         match self {
             Mode::Plain => "plain",
             Mode::Registry => "registry",
+            Mode::Hooks => "hooks",
             Mode::Traced => "traced",
             Mode::Console => "console",
         }
@@ -60,9 +64,12 @@ impl Mode {
         Ok(match text {
             "plain" => Mode::Plain,
             "registry" => Mode::Registry,
+            "hooks" => Mode::Hooks,
             "traced" => Mode::Traced,
             "console" => Mode::Console,
-            other => bail!("mode {other:?} is unknown: use plain, registry, traced or console"),
+            other => {
+                bail!("mode {other:?} is unknown: use plain, registry, traced, console or hooks")
+            }
         })
     }
 }
@@ -160,6 +167,10 @@ fn child(mode: Mode, options: &Options) -> Result<()> {
     let _registry = match mode {
         Mode::Registry | Mode::Traced => Some(diagtool_probe::TaskRegistry::install(&mut builder)),
         Mode::Plain => None,
+        Mode::Hooks => {
+            builder.on_task_spawn(|_| {}).on_task_terminate(|_| {});
+            None
+        }
         Mode::Console => {
             // As tokio-console's README has users do it, on a free loopback port so parallel
             // runs do not collide on 6669.
@@ -485,6 +496,7 @@ fn driver(options: &Options) -> Result<()> {
                 }
                 (Mode::Traced, _) => traced.push(&run),
                 (Mode::Console, _) => console.push(&run),
+                (Mode::Hooks, _) => {}
             }
         }
         if let (Some(p), Some(r)) = (plain1_run, registry1_run) {
