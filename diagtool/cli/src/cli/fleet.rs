@@ -20,6 +20,7 @@ use tokio::task::JoinSet;
 
 use super::commands::{right_align, table};
 use super::fmt::{rate, secs};
+use super::pacing::Pacing;
 use super::watch::{Recorder, Screen, View, options, sample};
 use super::{CliError, Client, WatchArgs};
 use crate::analysis::{Analysis, analyze};
@@ -117,34 +118,18 @@ pub(super) async fn watch(
     let label = format!("fleet of {} targets", fleet.len());
     let view = View::new(args.json, args.top, &label);
     let interval = args.interval.0;
-    let planned = args
-        .duration
-        .map(|d| (d.0.as_secs_f64() / interval.as_secs_f64() + 1e-6).floor() as u64 + 1);
-    let pause = (interval / 4).clamp(Duration::from_millis(50), Duration::from_secs(2));
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    tokio::pin!(ctrl_c);
-    let mut ticks = 0u64;
-    loop {
-        tokio::select! {
-            () = &mut ctrl_c => break,
-            _ = ticker.tick() => {}
-        }
-        ticks += 1;
-        tokio::select! {
-            () = &mut ctrl_c => break,
-            result = sample_all(&mut fleet, pause) => result?,
+    let mut pacing = Pacing::new(interval, args.duration.map(|d| d.0));
+    let pause = pacing.pause;
+    while pacing.next().await.is_some() {
+        match pacing
+            .unless_interrupted(sample_all(&mut fleet, pause))
+            .await
+        {
+            Some(result) => result?,
+            None => break,
         }
         let views = analyse(&fleet, &options);
         view.show(&render(&views, &label, args.top, false, view.screen()))?;
-        if planned.is_some_and(|n| ticks >= n) {
-            break;
-        }
     }
 
     let views = analyse(&fleet, &options);

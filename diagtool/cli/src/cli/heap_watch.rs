@@ -22,6 +22,7 @@ use comfy_table::ContentArrangement;
 use super::commands::{right_align, table};
 use super::fmt::secs;
 use super::heap::{Fetched, byte_rate, fetch, keep_site_whole, signed_bytes, stack_text};
+use super::pacing::Pacing;
 use super::watch::{Screen, View, options, snapshot_file};
 use super::{CliError, Client, WatchArgs};
 use crate::analysis::heap::{HeapAnalysis, HeapNoise, HeapSample, analyze_heap};
@@ -43,34 +44,17 @@ pub(super) async fn watch(client: &Client, args: &WatchArgs) -> anyhow::Result<E
         .transpose()?;
     let view = View::new(args.json, args.top, client.target());
     let interval = args.interval.0;
-    let planned = args
-        .duration
-        .map(|d| (d.0.as_secs_f64() / interval.as_secs_f64() + 1e-6).floor() as u64 + 1);
-    let pause = (interval / 4).clamp(Duration::from_millis(50), Duration::from_secs(2));
+    let mut pacing = Pacing::new(interval, args.duration.map(|d| d.0));
+    let pause = pacing.pause;
 
     let mut samples: Vec<HeapSample> = Vec::new();
     let mut last_raw: Option<Vec<u8>> = None;
     let mut errors = 0u64;
     let mut last_error: Option<CliError> = None;
-    let mut ticks = 0u64;
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    tokio::pin!(ctrl_c);
-
-    loop {
-        tokio::select! {
-            () = &mut ctrl_c => break,
-            _ = ticker.tick() => {}
-        }
-        ticks += 1;
-        let (result, failures) = tokio::select! {
-            () = &mut ctrl_c => break,
-            outcome = sample(client, pause) => outcome,
+    while let Some(ticks) = pacing.next().await {
+        let (result, failures) = match pacing.unless_interrupted(sample(client, pause)).await {
+            Some(outcome) => outcome,
+            None => break,
         };
         errors += u64::from(failures);
         match result {
@@ -94,9 +78,6 @@ pub(super) async fn watch(client: &Client, args: &WatchArgs) -> anyhow::Result<E
         let judged = analyze_heap(&samples, args.threshold, &noise);
         let text = render(&judged, client.target(), errors, args, false, view.screen());
         view.show(&text)?;
-        if planned.is_some_and(|n| ticks >= n) {
-            break;
-        }
     }
 
     if samples.is_empty() {

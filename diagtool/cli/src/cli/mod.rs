@@ -19,6 +19,7 @@ mod heap;
 mod heap_fleet;
 mod heap_report;
 mod heap_watch;
+mod pacing;
 mod prom;
 mod report;
 mod watch;

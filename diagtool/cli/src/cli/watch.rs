@@ -19,6 +19,7 @@ use comfy_table::{ColumnConstraint, ContentArrangement, Width};
 
 use super::commands::{right_align, table};
 use super::fmt::{rate, secs};
+use super::pacing::Pacing;
 use super::{CliError, Client, WatchArgs};
 use crate::analysis::{Analysis, Options, analyze};
 use crate::model::{Overall, Snapshot, Verdict};
@@ -36,36 +37,17 @@ pub(super) async fn watch(client: &Client, args: &WatchArgs) -> anyhow::Result<E
     let mut recorder = args.record.as_deref().map(Recorder::create).transpose()?;
     let mut view = View::new(args.json, args.top, client.target());
     let interval = args.interval.0;
-    // Samples at 0, interval, 2*interval, ... up to and including the duration.
-    let planned = args
-        .duration
-        .map(|d| (d.0.as_secs_f64() / interval.as_secs_f64() + 1e-6).floor() as u64 + 1);
-    let pause = (interval / 4).clamp(Duration::from_millis(50), Duration::from_secs(2));
+    let mut pacing = Pacing::new(interval, args.duration.map(|d| d.0));
+    let pause = pacing.pause;
 
     let mut snaps: Vec<Snapshot> = Vec::new();
     let mut errors = 0u64;
     let mut last_error: Option<CliError> = None;
     let mut dump_tries = 0u32;
-    let mut ticks = 0u64;
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            // No signal handling here: run until the duration ends.
-            std::future::pending::<()>().await;
-        }
-    };
-    tokio::pin!(ctrl_c);
-
-    loop {
-        tokio::select! {
-            () = &mut ctrl_c => break,
-            _ = ticker.tick() => {}
-        }
-        ticks += 1;
-        let outcome = tokio::select! {
-            () = &mut ctrl_c => break,
-            outcome = sample(client, pause) => outcome,
+    while let Some(ticks) = pacing.next().await {
+        let outcome = match pacing.unless_interrupted(sample(client, pause)).await {
+            Some(outcome) => outcome,
+            None => break,
         };
         errors += u64::from(outcome.failures);
         match outcome.result {
@@ -91,17 +73,14 @@ pub(super) async fn watch(client: &Client, args: &WatchArgs) -> anyhow::Result<E
             && dump_tries < DUMP_TRIES
         {
             dump_tries += 1;
-            let fetched = tokio::select! {
-                () = &mut ctrl_c => break,
-                fetched = client.dump(DUMP_TIMEOUT) => fetched,
+            let fetched = match pacing.unless_interrupted(client.dump(DUMP_TIMEOUT)).await {
+                Some(fetched) => fetched,
+                None => break,
             };
             match fetched {
                 Ok((_, text)) => rec.save_dump(&text)?,
                 Err(err) => view.note(&format!("task dump for the recording failed: {err}"))?,
             }
-        }
-        if planned.is_some_and(|n| ticks >= n) {
-            break;
         }
     }
 
