@@ -48,7 +48,7 @@ impl Pacing {
         if self.planned.is_some_and(|n| self.rounds >= n) {
             return None;
         }
-        self.unless_interrupted_inner().await?;
+        or_ctrl_c(&mut self.ctrl_c, &mut self.interrupted, self.ticker.tick()).await?;
         self.rounds += 1;
         Some(self.rounds)
     }
@@ -58,29 +58,25 @@ impl Pacing {
         &mut self,
         work: impl Future<Output = T>,
     ) -> Option<T> {
-        if self.interrupted {
-            return None;
-        }
-        tokio::select! {
-            () = &mut self.ctrl_c => {
-                self.interrupted = true;
-                None
-            }
-            out = work => Some(out),
-        }
+        or_ctrl_c(&mut self.ctrl_c, &mut self.interrupted, work).await
     }
+}
 
-    async fn unless_interrupted_inner(&mut self) -> Option<()> {
-        if self.interrupted {
-            return None;
+/// `work`'s output, or `None` when Ctrl-C comes first (then, and ever after, `interrupted`).
+async fn or_ctrl_c<T>(
+    ctrl_c: &mut Pin<Box<dyn Future<Output = ()> + Send>>,
+    interrupted: &mut bool,
+    work: impl Future<Output = T>,
+) -> Option<T> {
+    if *interrupted {
+        return None;
+    }
+    tokio::select! {
+        () = ctrl_c => {
+            *interrupted = true;
+            None
         }
-        tokio::select! {
-            () = &mut self.ctrl_c => {
-                self.interrupted = true;
-                None
-            }
-            _ = self.ticker.tick() => Some(()),
-        }
+        out = work => Some(out),
     }
 }
 
