@@ -330,17 +330,7 @@ pub(super) fn render(
         "oldest age",
         "verdict",
     ]);
-    match screen {
-        Screen::Piped => {
-            t.force_no_tty();
-        }
-        Screen::Stdout => {
-            t.set_content_arrangement(comfy_table::ContentArrangement::Dynamic);
-        }
-        Screen::Stderr => {
-            t.use_stderr();
-        }
-    }
+    screen.fit(&mut t);
     for (r, _) in all.iter().take(top) {
         t.add_row(vec![
             r.instance.clone().unwrap_or_default(),

@@ -17,7 +17,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use comfy_table::ContentArrangement;
 
 use super::commands::{right_align, table};
 use super::fmt::secs;
@@ -177,21 +176,7 @@ pub(super) fn render(
         "growth/min",
         "verdict",
     ]);
-    match screen {
-        Screen::Piped => {
-            t.force_no_tty();
-        }
-        Screen::Stdout => {
-            t.set_content_arrangement(ContentArrangement::Dynamic);
-        }
-        Screen::Stderr => {
-            t.use_stderr();
-            if let Some(width) = std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()) {
-                t.set_width(width)
-                    .set_content_arrangement(ContentArrangement::Dynamic);
-            }
-        }
-    }
+    screen.fit(&mut t);
     let shown: Vec<_> = analysis.sites.iter().take(args.top).collect();
     keep_site_whole(&mut t, shown.iter().map(|s| s.row.site.as_str()));
     for s in &shown {

@@ -246,6 +246,30 @@ pub(super) enum Screen {
     Stderr,
 }
 
+impl Screen {
+    /// Sets `table` up to fit this screen.
+    pub(super) fn fit(self, table: &mut comfy_table::Table) {
+        match self {
+            Screen::Piped => {
+                table.force_no_tty();
+            }
+            Screen::Stdout => {
+                table.set_content_arrangement(ContentArrangement::Dynamic);
+            }
+            Screen::Stderr => {
+                // The terminal size is looked up on standard output, which carries the JSON
+                // here: fit to $COLUMNS when the shell exports it, else let the terminal wrap.
+                table.use_stderr();
+                if let Some(width) = std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()) {
+                    table
+                        .set_width(width)
+                        .set_content_arrangement(ContentArrangement::Dynamic);
+                }
+            }
+        }
+    }
+}
+
 /// The header line, the growth table (top `top` sites) and a line per leaking site saying why.
 pub(super) fn render(
     analysis: &Analysis,
@@ -292,23 +316,7 @@ pub(super) fn render(
         "oldest age",
         "verdict",
     ]);
-    match screen {
-        Screen::Piped => {
-            t.force_no_tty();
-        }
-        Screen::Stdout => {
-            t.set_content_arrangement(ContentArrangement::Dynamic);
-        }
-        Screen::Stderr => {
-            // The terminal size is looked up on standard output, which carries the JSON here:
-            // fit to $COLUMNS when the shell exports it, else let the terminal wrap.
-            t.use_stderr();
-            if let Some(width) = std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()) {
-                t.set_width(width)
-                    .set_content_arrangement(ContentArrangement::Dynamic);
-            }
-        }
-    }
+    screen.fit(&mut t);
     // The spawn site is what the operator reads: keep it whole before wrapping other columns.
     let longest = analysis
         .sites
