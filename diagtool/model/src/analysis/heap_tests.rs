@@ -85,36 +85,58 @@ fn verdict_of(samples: &[HeapSample], name: &str) -> Option<Verdict> {
         .map(|s| s.row.verdict)
 }
 
-/// Of `runs` simulated watches of the cache, how many read `leak`.
-fn leaks(runs: u64, keep: Option<usize>, every: f64, until: f64) -> usize {
+/// Of `runs` simulated watches of a cache keeping `keep` entries (`None`: all), how many read
+/// `leak`; the cache ran `before` seconds before the first sample (negative: it starts later).
+fn leaks(runs: u64, keep: Option<usize>, every: f64, until: f64, before: f64) -> usize {
     (1..=runs)
         .filter(|&seed| {
-            verdict_of(&cache(seed, keep, every, until, 5.0), LEAK) == Some(Verdict::Leak)
+            verdict_of(&cache(seed, keep, every, until, before), LEAK) == Some(Verdict::Leak)
         })
         .count()
 }
 
-// The two tests below pin the error rates of the noise floor on the issue's own check
+// The tests below pin the error rates of the noise floor on the issue's own check
 // (`watch --heap --interval 2s --duration 30s` on the leak lab's cache and its bounded twin).
-// Over 4000 draws of the sampling: the cache reads `leak` in 99.4% of the watches, the twin in
-// 0.2% (a random run of draws that climbs for the whole 30 s); both improve with longer watches.
+// Over 4000 draws of the sampling: the cache reads `leak` in 99.3% of the watches; the twin, in
+// 0.1% when it ran a while before the watch or starts with it, 0.4% when the watch starts 2 s
+// before its first entry (a run of draws that climbs and never falls back, which no rule can tell
+// from a small leak); both improve with longer watches.
 
 #[test]
 fn the_leak_labs_cache_is_a_leak_in_a_30s_watch_almost_whatever_the_sampling_drew() {
-    let found = leaks(2000, None, 2.0, 30.0);
+    let found = leaks(2000, None, 2.0, 30.0, 5.0);
     assert!(found >= 1980, "{found} of 2000 watches found the leak");
-    assert_eq!(leaks(500, None, 5.0, 60.0), 500);
+    let from_start = leaks(2000, None, 2.0, 30.0, 0.0);
+    assert!(from_start >= 1980, "{from_start} of 2000 from its start");
+    assert_eq!(leaks(500, None, 5.0, 60.0, 5.0), 500);
 }
 
 #[test]
 fn the_bounded_twin_of_the_cache_almost_never_reads_leak() {
-    let found = leaks(2000, Some(8), 2.0, 30.0);
+    let found = leaks(2000, Some(8), 2.0, 30.0, 5.0);
     assert!(
-        found <= 8,
+        found <= 4,
         "{found} of 2000 watches of the bounded cache read leak"
     );
-    assert_eq!(leaks(500, Some(8), 5.0, 60.0), 0);
-    assert_eq!(leaks(200, Some(8), 2.0, 120.0), 0);
+    assert_eq!(leaks(500, Some(8), 5.0, 60.0, 5.0), 0);
+    assert_eq!(leaks(200, Some(8), 2.0, 120.0, 5.0), 0);
+}
+
+#[test]
+fn a_bounded_cache_filling_up_inside_the_window_is_not_a_leak() {
+    // The twin watched from its first entry: 2 MiB filled in 8 s, then evicting as it inserts
+    // (one CI run in five read this `leak` when half the gain could be given back).
+    let from_start = leaks(4000, Some(8), 2.0, 30.0, 0.0);
+    assert!(from_start <= 8, "{from_start} of 4000 from its start");
+    let before_start = leaks(4000, Some(8), 2.0, 30.0, -2.0);
+    assert!(before_start <= 24, "{before_start} of 4000 from 2 s before");
+    assert_eq!(leaks(1000, Some(8), 5.0, 60.0, -2.0), 0);
+    // 16 MiB filled in 64 s, then held for 56 s of a 120 s watch.
+    let big = leaks(1000, Some(64), 2.0, 120.0, 0.0);
+    assert!(
+        big <= 40,
+        "{big} of 1000 watches of a 16 MiB cache read leak"
+    );
 }
 
 #[test]
