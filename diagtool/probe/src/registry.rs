@@ -5,69 +5,75 @@
 //! `on_task_terminate` forgets it. The registry is meant to stay on in production, so the hooks
 //! cost a few nanoseconds and take no lock in the common case (issue 16 measured each piece):
 //! - sites are interned once per registry and cached per thread (`registry_sites.rs`): the spawn
-//!   hook finds its site's record from the `&'static Location` without a shared lock, the
-//!   terminate hook from the site index in the task's slot (a lock-free array of the first
-//!   1024 sites);
-//! - per-site spawned/terminated counters are striped by thread, one cache line per stripe, so a
-//!   task spawned on one worker and ended on another does not bounce a shared line between cores;
-//!   reads sum the stripes;
+//!   hook finds its site's record from the `&'static Location` without a shared lock;
+//! - spawns are counted per site in a set of counters each thread owns (`registry_counts.rs`):
+//!   a plain add, no locked instruction, no cache line shared between cores;
 //! - live tasks sit in a fixed table of lock-free slots indexed by task id (`registry_slots.rs`):
 //!   a spawn claims a slot with one compare-and-swap and writes its site's index and spawn time,
-//!   a terminate frees it with another. Named tasks, and tasks whose bucket is held by long-lived
-//!   tasks, go to an overflow map sharded by id ([`SHARDS`] mutexes); a terminate looks there
-//!   only when it is not empty;
+//!   a terminate frees it with a plain store (no locked instruction) and does nothing else.
+//!   Tasks named at spawn, and tasks whose bucket is held by long-lived tasks, go to an overflow
+//!   map sharded by id ([`SHARDS`] mutexes); a terminate looks there only when it is not empty;
 //! - spawn times come from the coarse monotonic clock (a few ns, millisecond resolution: ages are
 //!   reported in seconds, to the millisecond).
 //!
-//! Every live task keeps its id, site and spawn time, so [`TaskRegistry::live_tasks`] (the dumps'
-//! join from task id to site, name and age, `LeakGuard`, `?debug=2`) and the exact oldest and
-//! median age per site ([`TaskRegistry::site_ages`]) stay as they were; readers pay instead (a
-//! scan of the 8192 slots, ~100 us, plus the overflow map).
+//! Readers pay instead: a site's terminated count is its spawns less its live tasks, counted by a
+//! scan of the 8192 slots (~100 us) and the overflow map, and every live task keeps its id, site
+//! and spawn time, so [`TaskRegistry::live_tasks`] (the dumps' join from task id to site, name and
+//! age, `LeakGuard`, `?debug=2`) and the exact oldest and median age per site
+//! ([`TaskRegistry::site_ages`]) come from the same scan.
 //!
 //! Invariants: one site record per site string (so sums, sorting, metric labels and dump joins
-//! never see a site twice); a terminate counts only for an id seen spawning (tokio also fires it for
-//! `spawn_blocking` tasks and for its own workers at shutdown, which never fired spawn), so per
-//! site `spawned - terminated` is exactly the number of live entries of that site (slots plus
-//! overflow) once no hook is running. A reader runs alongside the hooks: a task moved to the
-//! overflow map by [`TaskRegistry::set_name`] during a scan may be missed or seen twice by it.
+//! never see a site twice); a terminate removes only a task seen spawning (tokio also fires it for
+//! `spawn_blocking` tasks and for its own workers at shutdown, which never fired spawn); a task
+//! never moves between the slots and the overflow map ([`TaskRegistry::set_name`] keeps a slot
+//! task's name beside it), and spawns are read before the scan, so a task alive throughout a read
+//! is never missed: a site's terminated count may fall short of the truth while hooks run (a task
+//! spawned during the read is live but not yet counted), never exceeds it, and never goes back.
 
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::num::NonZeroU64;
 use std::panic::Location;
-use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::task::Id;
 
+#[path = "registry_counts.rs"]
+mod counts;
 #[path = "registry_sites.rs"]
 mod sites;
 #[path = "registry_slots.rs"]
 mod slots;
 
+use counts::{CounterSets, count_spawn};
 pub use sites::{MAX_NAMES_PER_SITE, format_site, short_path};
 use sites::{Site, SiteTable};
-use slots::{MAX_SITE_INDEX, Slots, pack, unpack};
+use slots::{MAX_SITE_INDEX, NAMED, Slots, pack, unpack};
 
 /// The number of shards of the overflow map (named tasks, and tasks whose slot bucket was full).
 pub const SHARDS: usize = 64;
 
-/// Sites the terminate hook finds by index without a lock (8 KiB per registry); a binary with
-/// more spawn sites looks the rest up through the per-thread cache, as the spawn hook does.
-const FAST_SITES: usize = 1024;
-
 /// Task ids and pointers are already well spread integers: the Fx hash (one multiply) suits them.
 type FastMap<K, V> = rustc_hash::FxHashMap<K, V>;
 
-/// A live task as the overflow map keeps it.
+/// A live task as the overflow map keeps it, or the name of a task kept in a slot.
 #[derive(Debug)]
 struct Entry {
     site: &'static Site,
     born_ns: u64,
     name: Option<Cow<'static, str>>,
+    /// Only a name: the task itself is in a slot, marked [`NAMED`](slots::NAMED), and counted
+    /// there ([`TaskRegistry::set_name`]). Not counted in `overflowed`.
+    in_slot: bool,
 }
 
+/// Aligned to a cache line, as the site records and counter sets are: the hooks read these
+/// fields on every spawn, and a heap neighbour written by another core (a task, a runtime
+/// structure) on the same line would make each read a miss. Without it the registry's cost on two
+/// workers moved by 5-10% with the benchmark's command line alone (which shifts the heap layout).
 #[derive(Debug)]
+#[repr(align(64))]
 struct Inner {
     /// Distinguishes registries in the per-thread site caches.
     key: u64,
@@ -76,15 +82,15 @@ struct Inner {
     /// per-thread caches hold plain `&'static` references: no reference count on the hot path.
     /// They are bounded by the number of spawn call sites in the binary (about 600 bytes each).
     sites: Mutex<SiteTable>,
-    /// The first [`FAST_SITES`] site records by index, readable without a lock: the terminate
-    /// hook finds its site's counters from the slot's index.
-    fast_sites: Box<[AtomicPtr<Site>]>,
+    /// Spawns by site, one set of counters per thread.
+    counts: CounterSets,
     /// Most live tasks: see `registry_slots.rs`.
     slots: Slots,
     /// The other live tasks, sharded by id.
     shards: Box<[Mutex<FastMap<Id, Entry>>]>,
-    /// Entries in `shards`, raised before one is added: at 0 a terminate missing from the slots
-    /// (a `spawn_blocking` task, a worker at shutdown) takes no lock.
+    /// Tasks in `shards` (not the names of slot tasks), raised before one is added: at 0 a
+    /// terminate missing from the slots (a `spawn_blocking` task, a worker at shutdown) takes no
+    /// lock.
     overflowed: AtomicUsize,
 }
 
@@ -102,6 +108,14 @@ fn id_from_raw(raw: NonZeroU64) -> Id {
     // task's id (non-zero, as `Id` requires).
     unsafe { std::mem::transmute::<NonZeroU64, Id>(raw) }
 }
+
+/// The registry as a hook captures it, on a cache line of its own. tokio keeps a clone of the
+/// terminate hook's `Arc` in every task, so the reference counts at the start of that allocation
+/// change at every spawn and at every task's end, on every worker; a hook that read its registry
+/// from the same line would wait for the line to come back from another core each time (measured
+/// on 2 workers: 1.5% of the CPU of a spawn+join, as much as the rest of the hook).
+#[repr(align(64))]
+struct Hooked(Arc<Inner>);
 
 /// A cheap-clone handle on the live tasks of the runtimes it was installed on.
 ///
@@ -251,9 +265,7 @@ impl TaskRegistry {
                 key: NEXT_KEY.fetch_add(1, Ordering::Relaxed),
                 started_ns: coarse_now_ns(),
                 sites: Mutex::new(SiteTable::default()),
-                fast_sites: (0..FAST_SITES)
-                    .map(|_| AtomicPtr::new(std::ptr::null_mut()))
-                    .collect(),
+                counts: CounterSets::default(),
                 slots: Slots::new(),
                 shards,
                 overflowed: AtomicUsize::new(0),
@@ -275,13 +287,11 @@ impl TaskRegistry {
         &self,
         builder: &'b mut tokio::runtime::Builder,
     ) -> &'b mut tokio::runtime::Builder {
-        let on_spawn = Arc::clone(&self.inner);
-        let on_terminate = Arc::clone(&self.inner);
+        let on_spawn = Hooked(Arc::clone(&self.inner));
+        let on_terminate = Hooked(Arc::clone(&self.inner));
         builder
-            .on_task_spawn(move |meta| on_spawn.spawned(meta.id(), meta.spawned_at()))
-            .on_task_terminate(move |meta| {
-                on_terminate.terminated(meta.id(), Some(meta.spawned_at()))
-            })
+            .on_task_spawn(move |meta| on_spawn.0.spawned(meta.id(), meta.spawned_at()))
+            .on_task_terminate(move |meta| on_terminate.0.terminated(meta.id()))
     }
 
     /// Records a spawn as the hook does (for tests and for runtimes built elsewhere).
@@ -291,40 +301,44 @@ impl TaskRegistry {
 
     /// Records a terminate as the hook does; an id never seen spawning is ignored.
     pub fn record_terminate(&self, id: Id) {
-        self.inner.terminated(id, None);
+        self.inner.terminated(id);
     }
 
     /// Names a live task; does nothing when the task already ended or was never seen.
     pub fn set_name(&self, id: Id, name: impl Into<Cow<'static, str>>) {
         let name = name.into();
         let inner = &self.inner;
+        let raw = raw_id(id);
         let site = {
             let mut shard = lock(inner.shard(id));
             if let Some(entry) = shard.get_mut(&id) {
                 entry.name = Some(name.clone());
                 entry.site
             } else {
-                // A name does not fit in a slot: move the task to the overflow map. The count
-                // rises first and the shard stays locked, so a terminate racing the move either
-                // frees the slot first (the move then finds nothing) or finds the entry here.
-                inner.overflowed.fetch_add(1, Ordering::SeqCst);
-                let moved = inner.slots.remove(raw_id(id)).and_then(|meta| {
-                    let (index, born_ns) = unpack(meta);
-                    inner.site_at(index).map(|site| (site, born_ns))
-                });
-                let Some((site, born_ns)) = moved else {
-                    inner.overflowed.fetch_sub(1, Ordering::SeqCst);
+                // A name does not fit in a slot: mark the slot and keep the name here. Only the
+                // task's terminate frees its slot, so the task stays put.
+                let Some(meta) = inner.slots.mark_named(raw) else {
                     return;
                 };
-                let name = Some(name.clone());
+                let (index, born_ns) = unpack(meta);
+                let Some(site) = inner.site_at(index) else {
+                    return;
+                };
                 shard.insert(
                     id,
                     Entry {
                         site,
                         born_ns,
-                        name,
+                        name: Some(name.clone()),
+                        in_slot: true,
                     },
                 );
+                // Ended meanwhile: its terminate may have missed the mark, so take the name
+                // back (a miss the other way round is swept by readers, see `sweep`).
+                if !inner.slots.contains(raw) {
+                    shard.remove(&id);
+                    return;
+                }
                 site
             }
         };
@@ -348,13 +362,39 @@ impl TaskRegistry {
             .collect()
     }
 
-    /// The counters of every site seen so far, in no particular order.
+    /// The counters of every site seen so far, in no particular order: the spawns counted, then
+    /// a scan of the live tasks (see the module's invariants).
     pub fn sites(&self) -> Vec<SiteCounts> {
-        let sites: Vec<&'static Site> = lock(&self.inner.sites).all();
+        let inner = &self.inner;
+        let sites: Vec<&'static Site> = lock(&inner.sites).all();
+        let own = inner.counts.sums(sites.len());
+        let spawned: Vec<u64> = sites
+            .iter()
+            .enumerate()
+            .map(|(index, site)| {
+                own.get(index).copied().unwrap_or(0) + site.shared_spawned.load(Ordering::Relaxed)
+            })
+            .collect();
+        let mut live = vec![0u64; sites.len()];
+        inner.slots.for_each(|_, meta| {
+            if let Some(count) = live.get_mut(unpack(meta).0 as usize) {
+                *count += 1;
+            }
+        });
+        for shard in inner.shards.iter() {
+            let mut shard = lock(shard);
+            inner.sweep(&mut shard);
+            for entry in shard.values().filter(|entry| !entry.in_slot) {
+                if let Some(count) = live.get_mut(entry.site.index as usize) {
+                    *count += 1;
+                }
+            }
+        }
         sites
             .iter()
-            .map(|site| {
-                let (spawned, terminated) = site.counts();
+            .zip(spawned.into_iter().zip(live))
+            .map(|(site, (spawned, live))| {
+                let (spawned, terminated) = site.counts(spawned, live);
                 SiteCounts {
                     site: site.text.to_string(),
                     spawned,
@@ -392,19 +432,35 @@ impl TaskRegistry {
                 });
             }
         });
+        // Where each slot task is in `out`, built at the first name of a slot task.
+        let mut listed: Option<FastMap<Id, usize>> = None;
         for shard in self.inner.shards.iter() {
-            let raw: Vec<(Id, &'static Site, u64, Option<String>)> = lock(shard)
-                .iter()
-                .map(|(id, entry)| {
-                    (
-                        *id,
-                        entry.site,
-                        entry.born_ns,
-                        entry.name.as_deref().map(str::to_owned),
-                    )
-                })
-                .collect();
-            for (id, site, born_ns, name) in raw {
+            let raw: Vec<(Id, &'static Site, u64, Option<String>, bool)> = {
+                let mut shard = lock(shard);
+                self.inner.sweep(&mut shard);
+                shard
+                    .iter()
+                    .map(|(id, entry)| {
+                        (
+                            *id,
+                            entry.site,
+                            entry.born_ns,
+                            entry.name.as_deref().map(str::to_owned),
+                            entry.in_slot,
+                        )
+                    })
+                    .collect()
+            };
+            for (id, site, born_ns, name, in_slot) in raw {
+                if in_slot {
+                    let listed = listed.get_or_insert_with(|| {
+                        out.iter().enumerate().map(|(at, t)| (t.id, at)).collect()
+                    });
+                    if let Some(&at) = listed.get(&id) {
+                        out[at].name = name;
+                    }
+                    continue;
+                }
                 let site = site.text.to_string();
                 out.push(LiveTask {
                     id,
@@ -433,7 +489,8 @@ impl TaskRegistry {
             }
         });
         for shard in self.inner.shards.iter() {
-            let shard = lock(shard);
+            let mut shard = lock(shard);
+            self.inner.sweep(&mut shard);
             for entry in shard.values() {
                 let index = entry.site.index as usize;
                 if by_site.len() <= index {
@@ -441,7 +498,10 @@ impl TaskRegistry {
                     by_site.resize_with(index + 1, Default::default);
                 }
                 let slot = &mut by_site[index];
-                slot.0.push(entry.born_ns);
+                if !entry.in_slot {
+                    // A slot task's spawn time came from its slot.
+                    slot.0.push(entry.born_ns);
+                }
                 if let Some(name) = &entry.name {
                     slot.1.push(name.to_string());
                 }
@@ -507,19 +567,7 @@ impl Inner {
 
     /// The site record of the `Location` static at `address` (the slow path).
     fn intern(&self, address: usize, location: &'static Location<'static>) -> &'static Site {
-        let site = lock(&self.sites).intern(address, location);
-        if let Some(fast) = self.fast_sites.get(site.index as usize) {
-            fast.store(site as *const Site as *mut Site, Ordering::Release);
-        }
-        site
-    }
-
-    /// The site record with `index`, lock-free for the first [`FAST_SITES`] sites.
-    fn fast_site(&self, index: u32) -> Option<&'static Site> {
-        let site = self.fast_sites.get(index as usize)?.load(Ordering::Acquire);
-        // SAFETY: a non-null pointer here came from a leaked `Box<Site>` (`SiteTable::intern`),
-        // never freed: valid and shared for the rest of the process.
-        unsafe { site.cast_const().as_ref() }
+        lock(&self.sites).intern(address, location)
     }
 
     /// The site record with `index` (a slot's), under the registry-wide lock: not for the hooks.
@@ -531,7 +579,7 @@ impl Inner {
     fn overflow(&self, id: Id, entry: Entry) {
         let mut shard = lock(self.shard(id));
         self.overflowed.fetch_add(1, Ordering::SeqCst);
-        if shard.insert(id, entry).is_some() {
+        if shard.insert(id, entry).is_some_and(|old| !old.in_slot) {
             // The same id recorded twice (only `record_spawn` can): one entry, counted once.
             self.overflowed.fetch_sub(1, Ordering::SeqCst);
         }
@@ -540,7 +588,9 @@ impl Inner {
     fn spawned(&self, id: Id, location: &'static Location<'static>) {
         let name = take_pending_name();
         let site = self.site(location);
-        site.add_spawned();
+        // Counted before the task is stored: a reader that finds it live has its spawn too,
+        // unless it read the counts first (then the terminated count falls short, never over).
+        count_spawn(self.key, &self.counts, site.index, &site.shared_spawned);
         let born_ns = coarse_now_ns();
         match name {
             None if site.index < MAX_SITE_INDEX
@@ -555,36 +605,38 @@ impl Inner {
                         site,
                         born_ns,
                         name,
+                        in_slot: false,
                     },
                 );
             }
         }
     }
 
-    /// `location` is the task's spawn site when the hook knows it (it always does): it finds
-    /// the site's counters through this thread's cache, without the registry-wide lock.
-    fn terminated(&self, id: Id, location: Option<&'static Location<'static>>) {
+    /// Forgets a task: its slot (and the name `set_name` kept for it), else its overflow entry.
+    /// Nothing is counted: a site's terminated count is derived by readers.
+    fn terminated(&self, id: Id) {
         if let Some(meta) = self.slots.remove(raw_id(id)) {
-            let index = unpack(meta).0;
-            let site = match (self.fast_site(index), location) {
-                (Some(site), _) => Some(site),
-                (None, Some(location)) => Some(self.site(location)),
-                (None, None) => self.site_at(index),
-            };
-            if let Some(site) = site {
-                site.add_terminated();
+            if meta & NAMED != 0 {
+                lock(self.shard(id)).remove(&id);
             }
             return;
         }
-        // SeqCst pairs with `set_name`'s move: a slot it emptied shows its entry counted here.
+        // SeqCst pairs with `overflow`: an entry added before this task's end is counted here.
         if self.overflowed.load(Ordering::SeqCst) == 0 {
             return;
         }
-        let removed = lock(self.shard(id)).remove(&id);
-        if let Some(entry) = removed {
+        let mut shard = lock(self.shard(id));
+        if shard.get(&id).is_some_and(|entry| !entry.in_slot) {
+            shard.remove(&id);
             self.overflowed.fetch_sub(1, Ordering::SeqCst);
-            entry.site.add_terminated();
         }
+    }
+
+    /// Drops the names kept for slot tasks that ended without their terminate seeing the mark
+    /// (`set_name` marked the slot just as the task ended): readers call it on each shard they
+    /// lock, so such names last until the next read at most.
+    fn sweep(&self, shard: &mut FastMap<Id, Entry>) {
+        shard.retain(|id, entry| !entry.in_slot || self.slots.contains(raw_id(*id)));
     }
 }
 

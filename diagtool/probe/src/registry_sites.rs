@@ -6,43 +6,34 @@
 //! record at first sight. Each thread keeps a private cache from the `&'static Location` to its
 //! `&'static Site`, so the hooks take no shared lock and no reference count to find a site.
 //!
-//! The counters are striped: every site has [`STRIPES`] pairs of (spawned, terminated), each pair
-//! on its own cache line, and a thread always adds to the pair of its stripe (threads take
-//! stripes in turn). A task spawned on one worker and ended on another thus writes two lines that
-//! no other thread writes, instead of bouncing one shared line between the cores; a read sums
-//! the stripes.
+//! A site's spawns are counted per thread (`registry_counts.rs`); its terminated count is derived
+//! by readers, and [`Site::reported_terminated`] keeps it from ever going back.
 
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::panic::Location;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{FastMap, lock};
-
-/// Counter stripes per site (threads past this many share stripes: still exact, just shared).
-pub(crate) const STRIPES: usize = 8;
 
 /// How many distinct task names a site remembers (names are meant to be few per site).
 pub const MAX_NAMES_PER_SITE: usize = 16;
 
-/// One thread's share of a site's counters, alone on its cache line.
-#[derive(Debug, Default)]
-#[repr(align(64))]
-struct Stripe {
-    spawned: AtomicU64,
-    terminated: AtomicU64,
-}
-
-/// One spawn site's counters.
+/// One spawn site's counters. On cache lines of its own (see `Inner` in `registry.rs`).
 #[derive(Debug)]
+#[repr(align(64))]
 pub(crate) struct Site {
     /// The formatted site (`path:line:col`, see [`format_site`]): the record's identity.
     pub(crate) text: Box<str>,
     /// Position in [`SiteTable::by_index`], packed into the live-task slots.
     pub(crate) index: u32,
-    stripes: [Stripe; STRIPES],
+    /// Spawns no thread's own counters took (see `registry_counts.rs`).
+    pub(crate) shared_spawned: AtomicU64,
+    /// The highest terminated count readers reported: a reader's figure may fall short of the
+    /// truth, never exceed it, and must never go back.
+    reported_terminated: AtomicU64,
     /// Distinct names seen here, at most [`MAX_NAMES_PER_SITE`]; touched only by named spawns.
     pub(crate) names: Mutex<Vec<Cow<'static, str>>>,
 }
@@ -57,27 +48,10 @@ thread_local! {
     /// First level of this thread's site cache: a const-initialised array without a destructor,
     /// the cheapest thread-local there is; a miss falls to `SITE_CACHE`.
     static NEAR_CACHE: [NearEntry; NEAR] = const { [const { Cell::new((0, 0, None)) }; NEAR] };
-    /// This thread's stripe, taken in turn at its first count (`usize::MAX`: none yet).
-    static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
     /// Second level: this thread's view of one registry's sites (registry key, location address
     /// -> site).
     static SITE_CACHE: RefCell<(u64, FastMap<usize, &'static Site>)> =
         RefCell::new((0, FastMap::default()));
-}
-
-fn stripe() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    STRIPE
-        .try_with(|cell| {
-            let mut stripe = cell.get();
-            if stripe == usize::MAX {
-                stripe = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
-                cell.set(stripe);
-            }
-            stripe
-        })
-        // While the thread's locals are destroyed: any stripe is exact, only maybe shared.
-        .unwrap_or(0)
 }
 
 impl Site {
@@ -85,7 +59,8 @@ impl Site {
         Site {
             text,
             index,
-            stripes: Default::default(),
+            shared_spawned: AtomicU64::new(0),
+            reported_terminated: AtomicU64::new(0),
             names: Mutex::new(Vec::new()),
         }
     }
@@ -97,34 +72,15 @@ impl Site {
         }
     }
 
-    /// Release: a reader that sees a terminate counted also sees its spawn counted.
-    pub(crate) fn add_spawned(&self) {
-        self.stripes[stripe()]
-            .spawned
-            .fetch_add(1, Ordering::Release);
-    }
-
-    pub(crate) fn add_terminated(&self) {
-        self.stripes[stripe()]
-            .terminated
-            .fetch_add(1, Ordering::Release);
-    }
-
-    /// (spawned, terminated), never with more terminated than spawned.
-    pub(crate) fn counts(&self) -> (u64, u64) {
-        // Terminated first: a task spawned and ended between the two sums then shows as one more
-        // live task for an instant, never as a negative count.
-        let terminated: u64 = self
-            .stripes
-            .iter()
-            .map(|s| s.terminated.load(Ordering::Acquire))
-            .sum();
-        let spawned: u64 = self
-            .stripes
-            .iter()
-            .map(|s| s.spawned.load(Ordering::Acquire))
-            .sum();
-        (spawned.max(terminated), terminated)
+    /// (spawned, terminated) from `spawned` (read first) and the live tasks a scan found after
+    /// it: terminated is at most the truth (tasks spawned after the read may be among the live
+    /// ones), never less than reported before, never more than spawned.
+    pub(crate) fn counts(&self, spawned: u64, live: u64) -> (u64, u64) {
+        let derived = spawned.saturating_sub(live);
+        let before = self
+            .reported_terminated
+            .fetch_max(derived, Ordering::Relaxed);
+        (spawned, derived.max(before).min(spawned))
     }
 }
 

@@ -5,8 +5,17 @@
 //! cheapest live-task set there is: id `n` belongs to bucket `(n / WAYS) % BUCKETS`, a bucket is
 //! one cache line of [`WAYS`] slots, and a slot is two words, the id and a packed `meta` (the
 //! site's index and the spawn time). A spawn claims a free slot of its bucket with one
-//! compare-and-swap, a terminate frees it with another: no lock, no hashing, no allocation, and
-//! the line a spawn writes is usually the one its neighbours' terminates write next.
+//! compare-and-swap; a terminate frees it with a plain store: no lock, no hashing, no allocation,
+//! and the line a spawn writes is usually the one its neighbours' terminates write next.
+//!
+//! Why a plain store: a task often ends on another worker than the one that spawned it, and a
+//! locked instruction there waits for every miss before it, among them tokio's own on the task's
+//! lines, which the other core just wrote; on a 2-worker runtime that wait cost the registry
+//! about 8% of the CPU of a spawn+join (a plain store: 1-2%). It is safe because only the task's
+//! own terminate ever frees its slot: ids never repeat, so a published slot holding `id` is
+//! written by nobody else until that store, and a spawn claims only a free slot (by a
+//! compare-and-swap, as two spawns may race for one). Naming a task in a slot sets a bit in its
+//! meta ([`Slots::mark_named`]) instead of moving it.
 //!
 //! A bucket whose ways are all held (by long-lived tasks whose ids share it) makes the spawn
 //! fall back to the registry's locked overflow map; so do named tasks (a name does not fit in a
@@ -29,12 +38,16 @@ pub(crate) const BUCKETS: usize = 2048;
 const WRITING: u64 = 1 << 63;
 
 /// Bits of `meta` that hold the spawn time, in ticks of 2^20 ns (about 1.05 ms) of the monotonic
-/// clock: 40 bits reach 36 years of uptime. The site index takes the 24 bits above.
+/// clock: 40 bits reach 36 years of uptime. The site index takes the 23 bits above, and the top
+/// bit is [`NAMED`].
 const TIME_BITS: u32 = 40;
 const TIME_MASK: u64 = (1 << TIME_BITS) - 1;
 const TICK_SHIFT: u32 = 20;
+/// Set in `meta` when the task was named after its spawn: its name waits in the registry's
+/// overflow map, and its terminate removes it from there.
+pub(crate) const NAMED: u64 = 1 << 63;
 /// Site indexes at or past this do not fit in `meta`: such tasks go to the overflow map.
-pub(crate) const MAX_SITE_INDEX: u32 = 1 << (64 - TIME_BITS);
+pub(crate) const MAX_SITE_INDEX: u32 = 1 << (63 - TIME_BITS);
 
 /// Packs a site index and a spawn time (ns) into a slot's meta word.
 pub(crate) fn pack(site_index: u32, born_ns: u64) -> u64 {
@@ -43,7 +56,10 @@ pub(crate) fn pack(site_index: u32, born_ns: u64) -> u64 {
 
 /// The site index and the spawn time (ns, rounded down to a tick) of a meta word.
 pub(crate) fn unpack(meta: u64) -> (u32, u64) {
-    ((meta >> TIME_BITS) as u32, (meta & TIME_MASK) << TICK_SHIFT)
+    (
+        ((meta & !NAMED) >> TIME_BITS) as u32,
+        (meta & TIME_MASK) << TICK_SHIFT,
+    )
 }
 
 #[derive(Debug, Default)]
@@ -100,22 +116,33 @@ impl Slots {
         false
     }
 
-    /// Frees the slot of a live task; its meta when it was here, `None` when it was not.
+    /// Frees the slot of a live task; its meta when it was here, `None` when it was not. Only
+    /// the task's own terminate may call this (see the module's introduction).
     pub(crate) fn remove(&self, raw: NonZeroU64) -> Option<u64> {
+        let slot = self.find(raw)?;
+        let meta = slot.meta.load(Ordering::Relaxed);
+        slot.id.store(0, Ordering::Release);
+        Some(meta)
+    }
+
+    /// Whether a task is published in the table.
+    pub(crate) fn contains(&self, raw: NonZeroU64) -> bool {
+        self.find(raw).is_some()
+    }
+
+    /// Sets [`NAMED`] in the meta of a published task; its meta before, `None` when it is not
+    /// here. Should the task end meanwhile and another take its slot, the bit lands on that
+    /// one, which costs its terminate one look into the overflow map, nothing more.
+    pub(crate) fn mark_named(&self, raw: NonZeroU64) -> Option<u64> {
+        Some(self.find(raw)?.meta.fetch_or(NAMED, Ordering::SeqCst))
+    }
+
+    fn find(&self, raw: NonZeroU64) -> Option<&Slot> {
         let raw = raw.get();
-        for slot in &self.bucket(raw).slots {
-            // Acquire: a slot freed by `set_name`'s move is seen with the overflow count it raised.
-            if slot.id.load(Ordering::Acquire) == raw {
-                // Nobody writes the meta of a published slot, so this read is the task's own.
-                let meta = slot.meta.load(Ordering::Relaxed);
-                return slot
-                    .id
-                    .compare_exchange(raw, 0, Ordering::AcqRel, Ordering::Acquire)
-                    .ok()
-                    .map(|_| meta);
-            }
-        }
-        None
+        self.bucket(raw)
+            .slots
+            .iter()
+            .find(|slot| slot.id.load(Ordering::Acquire) == raw)
     }
 
     /// Calls `f(raw id, meta)` for every task published in the table at the time its slot is read.
@@ -154,6 +181,11 @@ mod tests {
         assert_eq!(site, 77);
         assert!(born - back < 1 << TICK_SHIFT, "{born} -> {back}");
         assert_eq!(unpack(pack(MAX_SITE_INDEX - 1, 0)).0, MAX_SITE_INDEX - 1);
+        assert_eq!(
+            unpack(pack(77, born) | NAMED),
+            (77, back),
+            "the name bit is not the site"
+        );
     }
 
     #[test]
