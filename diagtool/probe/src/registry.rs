@@ -375,6 +375,10 @@ impl TaskRegistry {
                 own.get(index).copied().unwrap_or(0) + site.shared_spawned.load(Ordering::Relaxed)
             })
             .collect();
+        // The counts are read before any slot (see the module's invariants): without the fence a
+        // weakly ordered CPU could read a counter after a slot, and count as ended a task whose
+        // slot it read before that task was stored.
+        std::sync::atomic::fence(Ordering::Acquire);
         let mut live = vec![0u64; sites.len()];
         inner.slots.for_each(|_, meta| {
             if let Some(count) = live.get_mut(unpack(meta).0 as usize) {

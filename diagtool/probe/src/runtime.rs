@@ -386,6 +386,13 @@ mod tests {
                 handle.await.expect("join");
             }
         });
+        // tokio wakes a JoinHandle before it runs the terminate hook, so a join can return while
+        // its task is still in the registry: wait (bounded) for the hooks.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while registry.totals().live > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(registry.totals().live, 0, "the terminate hooks never ran");
         // Every task of the site ended: its ages read 0, not the last age seen.
         metrics::with_local_recorder(&capture, || record_metrics("svc", &registry, rt.handle()));
         let values = capture.0.lock().expect("lock").clone();
@@ -420,7 +427,13 @@ mod tests {
                 .await
                 .expect("join");
         });
-        // At least the sleeping poll (a loaded machine may stretch another past 10 ms too).
+        // At least the sleeping poll (a loaded machine may stretch another past 10 ms too). A
+        // worker hands its poll counts to the runtime in batches (when it parks, or every few
+        // polls), so the figure may show a moment after the join: wait for it, bounded.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while long_polls(runtime.handle()) == Some(0) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let counted = long_polls(runtime.handle());
         assert!(matches!(counted, Some(n) if n >= 1), "{counted:?}");
         assert_eq!(runtime_stats(runtime.handle()).long_polls, counted);
