@@ -63,12 +63,7 @@ fn two_location_statics_of_one_place_are_one_site() {
 
 #[test]
 fn terminated_counts_are_derived_from_the_scan_and_never_go_back() {
-    let registry = TaskRegistry::new();
-    let place = Location::caller();
-    let tasks = ids(4);
-    for id in &tasks {
-        registry.record_spawn(*id, place);
-    }
+    let (registry, place, tasks) = recorded(4);
     registry.set_name(tasks[3], "named");
     let site = || registry.sites().pop().expect("one site");
     assert_eq!(
@@ -174,14 +169,25 @@ fn ids(count: usize) -> Vec<Id> {
     rt.block_on(async { (0..count).map(|_| tokio::spawn(async {}).id()).collect() })
 }
 
-#[test]
-fn set_name_names_a_slot_task_in_place_and_its_terminate_drops_the_name() {
+/// A registry with `count` real task ids recorded as spawned at one place.
+fn recorded(count: usize) -> (TaskRegistry, &'static Location<'static>, Vec<Id>) {
     let registry = TaskRegistry::new();
     let place = Location::caller();
-    let tasks = ids(3);
+    let tasks = ids(count);
     for id in &tasks {
         registry.record_spawn(*id, place);
     }
+    (registry, place, tasks)
+}
+
+/// Entries in the overflow map: tasks there and names kept for slot tasks.
+fn kept_names(registry: &TaskRegistry) -> usize {
+    registry.inner.shards.iter().map(|s| lock(s).len()).sum()
+}
+
+#[test]
+fn set_name_names_a_slot_task_in_place_and_its_terminate_drops_the_name() {
+    let (registry, _, tasks) = recorded(3);
     registry.set_name(tasks[1], "named");
     assert_eq!(
         registry.inner.overflowed.load(Ordering::SeqCst),
@@ -206,13 +212,11 @@ fn set_name_names_a_slot_task_in_place_and_its_terminate_drops_the_name() {
     let totals = registry.totals();
     assert_eq!((totals.spawned, totals.terminated, totals.live), (3, 3, 0));
     assert!(registry.live_tasks().is_empty());
-    let names: usize = registry.inner.shards.iter().map(|s| lock(s).len()).sum();
-    assert_eq!(names, 0, "the terminate dropped the name");
+    assert_eq!(kept_names(&registry), 0, "the terminate dropped the name");
     // A name for a task that ended changes nothing.
     registry.set_name(tasks[0], "late");
     assert!(registry.live_tasks().is_empty());
-    let names: usize = registry.inner.shards.iter().map(|s| lock(s).len()).sum();
-    assert_eq!(names, 0);
+    assert_eq!(kept_names(&registry), 0);
 }
 
 #[test]
@@ -225,11 +229,9 @@ fn a_name_whose_mark_the_terminate_missed_is_swept_by_the_next_read() {
     // freed, the name stays behind.
     registry.set_name(task, "orphan");
     assert!(registry.inner.slots.remove(raw_id(task)).is_some());
-    let names: usize = registry.inner.shards.iter().map(|s| lock(s).len()).sum();
-    assert_eq!(names, 1);
+    assert_eq!(kept_names(&registry), 1);
     assert!(registry.live_tasks().is_empty(), "never listed as a task");
-    let names: usize = registry.inner.shards.iter().map(|s| lock(s).len()).sum();
-    assert_eq!(names, 0, "swept");
+    assert_eq!(kept_names(&registry), 0, "swept");
     assert_eq!(registry.totals().live, 0);
 }
 
