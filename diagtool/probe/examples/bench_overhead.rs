@@ -18,7 +18,16 @@
 //! yield) and the polls of one task that yields 2M times; in `traced` mode (the registry plus
 //! the probe's `Traced` wrapper, as `spawn_named` spawns) these show the wrapper's cost: its
 //! board entry for a task that parks, and its per-poll check.
+//!
+//! Every child runs on a layout of its own: the driver gives it an `argv[0]` of random length
+//! (8 to 71 bytes), and it allocates and keeps a block of random size (0 to 4 KiB) before
+//! anything else. A fixed layout moves a registry run by up to 8% of a 2-worker spawn+join,
+//! for reasons outside the registry's code: one build paired 1.02 with an 8- or 14-byte
+//! `argv[0]` and 1.07-1.08 with a 30-, 55- or 71-byte one (8 rounds each; plain runs barely
+//! moved), so the binary's path alone decided the verdict. Medians over random layouts measure
+//! the registry, not where things happened to land.
 
+use std::os::unix::process::CommandExt as _;
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
@@ -28,7 +37,9 @@ const DEFAULT_TASKS: u64 = 500_000;
 /// console-subscriber costs some 35x and keeps every task for an hour: fewer tasks keep a run short
 /// and its memory in check; the figure compared is per task.
 const DEFAULT_CONSOLE_TASKS: u64 = 100_000;
-const DEFAULT_ROUNDS: usize = 15;
+/// Rounds: each child has its own random heap layout, and layouts spread a run by +-30%, so the
+/// median needs this many pairs to settle within about 1%.
+const DEFAULT_ROUNDS: usize = 31;
 const DEFAULT_WARMUP_ROUNDS: usize = 1;
 /// The 1-minute load average above which the run reports no verdict (this machine has 2 cores).
 const DEFAULT_MAX_LOAD: f64 = 1.0;
@@ -162,9 +173,10 @@ fn main() -> ExitCode {
 
 /// One measured run in this process: prints `ns_per_task X`.
 fn child(mode: Mode, options: &Options) -> Result<()> {
+    let _layout = random_heap_offset();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.worker_threads(options.workers).enable_all();
-    let _registry = match mode {
+    let registry = match mode {
         Mode::Registry | Mode::Traced => Some(diagtool_probe::TaskRegistry::install(&mut builder)),
         Mode::Plain => None,
         Mode::Hooks => {
@@ -217,6 +229,9 @@ fn child(mode: Mode, options: &Options) -> Result<()> {
         .await
     })?;
     drop(runtime);
+    if let Some(registry) = &registry {
+        check_registry(registry, tasks + batch)?;
+    }
     println!(
         "ns_per_task {:.1} cpu_ns_per_task {:.1}",
         elapsed.as_nanos() as f64 / tasks as f64,
@@ -227,6 +242,44 @@ fn child(mode: Mode, options: &Options) -> Result<()> {
         parked.as_nanos() as f64 / park_tasks as f64,
         polled.as_nanos() as f64 / POLLS as f64
     );
+    Ok(())
+}
+
+/// A random number, different in every call and every process.
+fn random() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+}
+
+/// A kept allocation of 0 to 4 KiB in 16-byte steps (malloc's alignment), chosen at random per
+/// process, so that what tokio and the registry allocate next starts at a random page offset.
+fn random_heap_offset() -> Vec<u8> {
+    std::hint::black_box(vec![1u8; 16 * (random() % 256) as usize])
+}
+
+/// `argv[0]` for a child: `bench_` and 2 to 65 more bytes (its length shifts what the child's
+/// argument parsing leaves in malloc's caches, and with it where the runtime's objects land).
+fn random_program_name() -> String {
+    format!("bench_{}", "o".repeat(2 + (random() % 64) as usize))
+}
+
+/// Fails unless the registry saw the `at_least` tasks the run spawned and joined, all ended: a
+/// figure is worth nothing for a registry that lost or skipped tasks.
+fn check_registry(registry: &diagtool_probe::TaskRegistry, at_least: u64) -> Result<()> {
+    let totals = registry.totals();
+    let busiest = registry
+        .sites()
+        .into_iter()
+        .max_by_key(|site| site.spawned)
+        .context("the registry saw no spawn site")?;
+    if totals.spawned < at_least || busiest.spawned < at_least || busiest.live() != 0 {
+        bail!(
+            "the registry lost track: {totals:?}, busiest site {busiest:?}, expected at least \
+             {at_least} tasks spawned there and none live"
+        );
+    }
     Ok(())
 }
 
@@ -333,6 +386,7 @@ fn malloc_trim_threshold() -> String {
 fn run_child(mode: Mode, workers: usize, options: &Options) -> Result<Run> {
     let exe = std::env::current_exe().context("locating this benchmark's binary")?;
     let output = Command::new(exe)
+        .arg0(random_program_name())
         .env("MALLOC_TRIM_THRESHOLD_", malloc_trim_threshold())
         .args(["--child", mode.name()])
         .args(["--workers", &workers.to_string()])

@@ -6,29 +6,32 @@
 //! cost a few nanoseconds and take no lock in the common case (issue 16 measured each piece):
 //! - sites are interned once per registry and cached per thread (`registry_sites.rs`): the spawn
 //!   hook finds its site's record from the `&'static Location` without a shared lock;
-//! - spawns are counted per site in a set of counters each thread owns (`registry_counts.rs`):
-//!   a plain add, no locked instruction, no cache line shared between cores;
-//! - live tasks sit in a fixed table of lock-free slots indexed by task id (`registry_slots.rs`):
-//!   a spawn claims a slot with one compare-and-swap and writes its site's index and spawn time,
-//!   a terminate frees it with a plain store (no locked instruction) and does nothing else.
+//! - each thread has a lane (`registry_lanes.rs`): a table of live tasks indexed by task id
+//!   (`registry_slots.rs`) that only its spawns fill, and counters of the tasks that ended on
+//!   it. A spawn writes its task's site index and spawn time into a free slot of its own table
+//!   with plain stores and counts nothing; a terminate frees the slot with a plain store and
+//!   counts the end in its own thread's counters: no locked instruction, no line shared with
+//!   another core on the spawn's side (the one a spawning task waits for).
 //!   Tasks named at spawn, and tasks whose bucket is held by long-lived tasks, go to an overflow
 //!   map sharded by id ([`SHARDS`] mutexes); a terminate looks there only when it is not empty;
-//! - spawn times come from the coarse monotonic clock (a few ns, millisecond resolution: ages are
-//!   reported in seconds, to the millisecond).
+//! - spawn times come from the CPU's time-stamp counter where the kernel keeps time with it, else
+//!   the coarse monotonic clock (`registry_clock.rs`; ages are reported in seconds, to the
+//!   millisecond).
 //!
-//! Readers pay instead: a site's terminated count is its spawns less its live tasks, counted by a
-//! scan of the 8192 slots (~100 us) and the overflow map, and every live task keeps its id, site
-//! and spawn time, so [`TaskRegistry::live_tasks`] (the dumps' join from task id to site, name and
-//! age, `LeakGuard`, `?debug=2`) and the exact oldest and median age per site
-//! ([`TaskRegistry::site_ages`]) come from the same scan.
+//! Readers pay instead: a site's spawned count is its ended tasks plus its live tasks, counted by
+//! a scan of the lanes' tables (8192 slots each, ~100 us) and the overflow map; every live task
+//! keeps its id, site and spawn time, so [`TaskRegistry::live_tasks`] (the dumps' join from task
+//! id to site, name and age, `LeakGuard`, `?debug=2`) and the exact oldest and median age per
+//! site ([`TaskRegistry::site_ages`]) come from the same scan.
 //!
 //! Invariants: one site record per site string (so sums, sorting, metric labels and dump joins
 //! never see a site twice); a terminate removes only a task seen spawning (tokio also fires it for
 //! `spawn_blocking` tasks and for its own workers at shutdown, which never fired spawn); a task
 //! never moves between the slots and the overflow map ([`TaskRegistry::set_name`] keeps a slot
-//! task's name beside it), and spawns are read before the scan, so a task alive throughout a read
-//! is never missed: a site's terminated count may fall short of the truth while hooks run (a task
-//! spawned during the read is live but not yet counted), never exceeds it, and never goes back.
+//! task's name beside it), so a task alive throughout a read is never missed; a terminate frees
+//! the slot before it counts the end, and readers read the counts before the slots, so no task is
+//! counted both ended and live. A site's spawned count may fall short of the truth while hooks
+//! run (a task between its slot's release and its count), never exceeds it, and never goes back.
 
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
@@ -39,17 +42,20 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::task::Id;
 
-#[path = "registry_counts.rs"]
-mod counts;
+#[path = "registry_clock.rs"]
+mod clock;
+#[path = "registry_lanes.rs"]
+mod lanes;
 #[path = "registry_sites.rs"]
 mod sites;
 #[path = "registry_slots.rs"]
 mod slots;
 
-use counts::{CounterSets, count_spawn};
+use clock::SpawnClock;
+use lanes::{Lanes, count_ended, own_lane};
 pub use sites::{MAX_NAMES_PER_SITE, format_site, short_path};
 use sites::{Site, SiteTable};
-use slots::{MAX_SITE_INDEX, NAMED, Slots, pack, unpack};
+use slots::{MAX_SITE_INDEX, NAMED, pack, unpack};
 
 /// The number of shards of the overflow map (named tasks, and tasks whose slot bucket was full).
 pub const SHARDS: usize = 64;
@@ -61,14 +67,15 @@ type FastMap<K, V> = rustc_hash::FxHashMap<K, V>;
 #[derive(Debug)]
 struct Entry {
     site: &'static Site,
-    born_ns: u64,
+    /// Spawn time, in ticks of the registry's clock.
+    born: u64,
     name: Option<Cow<'static, str>>,
     /// Only a name: the task itself is in a slot, marked [`NAMED`](slots::NAMED), and counted
     /// there ([`TaskRegistry::set_name`]). Not counted in `overflowed`.
     in_slot: bool,
 }
 
-/// Aligned to a cache line, as the site records and counter sets are: the hooks read these
+/// Aligned to a cache line, as the site records and lane counters are: the hooks read these
 /// fields on every spawn, and a heap neighbour written by another core (a task, a runtime
 /// structure) on the same line would make each read a miss. Without it the registry's cost on two
 /// workers moved by 5-10% with the benchmark's command line alone (which shifts the heap layout).
@@ -78,14 +85,14 @@ struct Inner {
     /// Distinguishes registries in the per-thread site caches.
     key: u64,
     started_ns: u64,
+    /// What the spawn hook reads for a task's spawn time.
+    clock: SpawnClock,
     /// Site records, allocated once per (registry, spawn site) and never freed, so the hooks and
     /// per-thread caches hold plain `&'static` references: no reference count on the hot path.
     /// They are bounded by the number of spawn call sites in the binary (about 600 bytes each).
     sites: Mutex<SiteTable>,
-    /// Spawns by site, one set of counters per thread.
-    counts: CounterSets,
-    /// Most live tasks: see `registry_slots.rs`.
-    slots: Slots,
+    /// Most live tasks, and the ended counts: one lane per thread.
+    lanes: Lanes,
     /// The other live tasks, sharded by id.
     shards: Box<[Mutex<FastMap<Id, Entry>>]>,
     /// Tasks in `shards` (not the names of slot tasks), raised before one is added: at 0 a
@@ -116,6 +123,13 @@ fn id_from_raw(raw: NonZeroU64) -> Id {
 /// on 2 workers: 1.5% of the CPU of a spawn+join, as much as the rest of the hook).
 #[repr(align(64))]
 struct Hooked(Arc<Inner>);
+
+impl Hooked {
+    #[inline]
+    fn inner(&self) -> &Inner {
+        &self.0
+    }
+}
 
 /// A cheap-clone handle on the live tasks of the runtimes it was installed on.
 ///
@@ -256,6 +270,10 @@ impl Default for TaskRegistry {
 impl TaskRegistry {
     /// An empty registry, not yet fed by any runtime (see [`TaskRegistry::hook`]).
     pub fn new() -> Self {
+        Self::with_clock(SpawnClock::new())
+    }
+
+    fn with_clock(clock: SpawnClock) -> Self {
         static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
         let shards = (0..SHARDS)
             .map(|_| Mutex::new(FastMap::default()))
@@ -264,9 +282,9 @@ impl TaskRegistry {
             inner: Arc::new(Inner {
                 key: NEXT_KEY.fetch_add(1, Ordering::Relaxed),
                 started_ns: coarse_now_ns(),
+                clock,
                 sites: Mutex::new(SiteTable::default()),
-                counts: CounterSets::default(),
-                slots: Slots::new(),
+                lanes: Lanes::default(),
                 shards,
                 overflowed: AtomicUsize::new(0),
             }),
@@ -287,11 +305,23 @@ impl TaskRegistry {
         &self,
         builder: &'b mut tokio::runtime::Builder,
     ) -> &'b mut tokio::runtime::Builder {
-        let on_spawn = Hooked(Arc::clone(&self.inner));
-        let on_terminate = Hooked(Arc::clone(&self.inner));
         builder
-            .on_task_spawn(move |meta| on_spawn.0.spawned(meta.id(), meta.spawned_at()))
-            .on_task_terminate(move |meta| on_terminate.0.terminated(meta.id()))
+            .on_task_spawn(self.spawn_hook())
+            .on_task_terminate(self.terminate_hook())
+    }
+
+    /// The spawn hook. It captures the whole `Hooked` (its method takes it whole): a closure
+    /// naming `hooked.0` would capture only the `Arc` (edition 2021 captures places) and lose the
+    /// cache line of its own.
+    fn spawn_hook(&self) -> impl Fn(&tokio::runtime::TaskMeta<'_>) + Send + Sync + 'static {
+        let hooked = Hooked(Arc::clone(&self.inner));
+        move |meta| hooked.inner().spawned(meta.id(), meta.spawned_at())
+    }
+
+    /// The terminate hook; captured whole, as [`TaskRegistry::spawn_hook`].
+    fn terminate_hook(&self) -> impl Fn(&tokio::runtime::TaskMeta<'_>) + Send + Sync + 'static {
+        let hooked = Hooked(Arc::clone(&self.inner));
+        move |meta| hooked.inner().terminated(meta.id())
     }
 
     /// Records a spawn as the hook does (for tests and for runtimes built elsewhere).
@@ -317,10 +347,10 @@ impl TaskRegistry {
             } else {
                 // A name does not fit in a slot: mark the slot and keep the name here. Only the
                 // task's terminate frees its slot, so the task stays put.
-                let Some(meta) = inner.slots.mark_named(raw) else {
+                let Some(meta) = inner.lanes.mark_named(inner.key, raw) else {
                     return;
                 };
-                let (index, born_ns) = unpack(meta);
+                let (index, born) = unpack(meta);
                 let Some(site) = inner.site_at(index) else {
                     return;
                 };
@@ -328,14 +358,14 @@ impl TaskRegistry {
                     id,
                     Entry {
                         site,
-                        born_ns,
+                        born,
                         name: Some(name.clone()),
                         in_slot: true,
                     },
                 );
                 // Ended meanwhile: its terminate may have missed the mark, so take the name
                 // back (a miss the other way round is swept by readers, see `sweep`).
-                if !inner.slots.contains(raw) {
+                if !inner.lanes.contains(inner.key, raw) {
                     shard.remove(&id);
                     return;
                 }
@@ -362,25 +392,25 @@ impl TaskRegistry {
             .collect()
     }
 
-    /// The counters of every site seen so far, in no particular order: the spawns counted, then
+    /// The counters of every site seen so far, in no particular order: the ends counted, then
     /// a scan of the live tasks (see the module's invariants).
     pub fn sites(&self) -> Vec<SiteCounts> {
         let inner = &self.inner;
         let sites: Vec<&'static Site> = lock(&inner.sites).all();
-        let own = inner.counts.sums(sites.len());
-        let spawned: Vec<u64> = sites
+        let own = inner.lanes.ended_sums(sites.len());
+        let ended: Vec<u64> = sites
             .iter()
             .enumerate()
             .map(|(index, site)| {
-                own.get(index).copied().unwrap_or(0) + site.shared_spawned.load(Ordering::Relaxed)
+                own.get(index).copied().unwrap_or(0) + site.shared_ended.load(Ordering::Acquire)
             })
             .collect();
         // The counts are read before any slot (see the module's invariants): without the fence a
-        // weakly ordered CPU could read a counter after a slot, and count as ended a task whose
-        // slot it read before that task was stored.
+        // weakly ordered CPU could read a slot before a counter, and count a task both live (its
+        // slot read before its end) and ended.
         std::sync::atomic::fence(Ordering::Acquire);
         let mut live = vec![0u64; sites.len()];
-        inner.slots.for_each(|_, meta| {
+        inner.lanes.for_each_task(|_, meta| {
             if let Some(count) = live.get_mut(unpack(meta).0 as usize) {
                 *count += 1;
             }
@@ -396,9 +426,9 @@ impl TaskRegistry {
         }
         sites
             .iter()
-            .zip(spawned.into_iter().zip(live))
-            .map(|(site, (spawned, live))| {
-                let (spawned, terminated) = site.counts(spawned, live);
+            .zip(ended.into_iter().zip(live))
+            .map(|(site, (ended, live))| {
+                let (spawned, terminated) = site.counts(ended, live);
                 SiteCounts {
                     site: site.text.to_string(),
                     spawned,
@@ -422,17 +452,17 @@ impl TaskRegistry {
     /// Every live task with its site, name and age: a scan of the slots, then of the overflow
     /// map, one shard locked at a time, briefly.
     pub fn live_tasks(&self) -> Vec<LiveTask> {
-        let now = coarse_now_ns();
+        let clock = self.inner.clock.reading();
         let sites = lock(&self.inner.sites).all();
         let mut out = Vec::new();
-        self.inner.slots.for_each(|raw, meta| {
-            let (index, born_ns) = unpack(meta);
+        self.inner.lanes.for_each_task(|raw, meta| {
+            let (index, born) = unpack(meta);
             if let Some(site) = sites.get(index as usize) {
                 out.push(LiveTask {
                     id: id_from_raw(raw),
                     site: site.text.to_string(),
                     name: None,
-                    age_s: now.saturating_sub(born_ns) as f64 / 1e9,
+                    age_s: clock.age_s(born),
                 });
             }
         });
@@ -448,14 +478,14 @@ impl TaskRegistry {
                         (
                             *id,
                             entry.site,
-                            entry.born_ns,
+                            entry.born,
                             entry.name.as_deref().map(str::to_owned),
                             entry.in_slot,
                         )
                     })
                     .collect()
             };
-            for (id, site, born_ns, name, in_slot) in raw {
+            for (id, site, born, name, in_slot) in raw {
                 if in_slot {
                     let listed = listed.get_or_insert_with(|| {
                         out.iter().enumerate().map(|(at, t)| (t.id, at)).collect()
@@ -470,7 +500,7 @@ impl TaskRegistry {
                     id,
                     site,
                     name,
-                    age_s: now.saturating_sub(born_ns) as f64 / 1e9,
+                    age_s: clock.age_s(born),
                 });
             }
         }
@@ -482,14 +512,15 @@ impl TaskRegistry {
     /// Exact to the clock's resolution (about a millisecond). Scans the slots, then the overflow
     /// map one shard at a time.
     pub fn site_ages(&self) -> Vec<SiteAges> {
-        let now = coarse_now_ns();
+        let clock = self.inner.clock.reading();
+        let now = clock.now_ns;
         let sites = lock(&self.inner.sites).all();
-        // Spawn times and live names, by site index.
+        // Spawn times (ns since the registry's start) and live names, by site index.
         let mut by_site: Vec<(Vec<u64>, Vec<String>)> = vec![Default::default(); sites.len()];
-        self.inner.slots.for_each(|_, meta| {
-            let (index, born_ns) = unpack(meta);
+        self.inner.lanes.for_each_task(|_, meta| {
+            let (index, born) = unpack(meta);
             if let Some(slot) = by_site.get_mut(index as usize) {
-                slot.0.push(born_ns);
+                slot.0.push(clock.ns(born));
             }
         });
         for shard in self.inner.shards.iter() {
@@ -504,7 +535,7 @@ impl TaskRegistry {
                 let slot = &mut by_site[index];
                 if !entry.in_slot {
                     // A slot task's spawn time came from its slot.
-                    slot.0.push(entry.born_ns);
+                    slot.0.push(clock.ns(entry.born));
                 }
                 if let Some(name) = &entry.name {
                     slot.1.push(name.to_string());
@@ -592,47 +623,73 @@ impl Inner {
     fn spawned(&self, id: Id, location: &'static Location<'static>) {
         let name = take_pending_name();
         let site = self.site(location);
-        // Counted before the task is stored: a reader that finds it live has its spawn too,
-        // unless it read the counts first (then the terminated count falls short, never over).
-        count_spawn(self.key, &self.counts, site.index, &site.shared_spawned);
-        let born_ns = coarse_now_ns();
-        match name {
-            None if site.index < MAX_SITE_INDEX
-                && self.slots.insert(raw_id(id), pack(site.index, born_ns)) => {}
-            name => {
-                if let Some(name) = &name {
-                    site.remember(name.clone());
-                }
-                self.overflow(
-                    id,
-                    Entry {
-                        site,
-                        born_ns,
-                        name,
-                        in_slot: false,
-                    },
-                );
+        let born = self.clock.now();
+        if name.is_none()
+            && site.index < MAX_SITE_INDEX
+            && let Some((_, lane)) = own_lane(self.key, &self.lanes)
+        {
+            let raw = raw_id(id);
+            if lane.own_slots().insert(raw, pack(site.index, born)) {
+                return;
             }
         }
+        if let Some(name) = &name {
+            site.remember(name.clone());
+        }
+        self.overflow(
+            id,
+            Entry {
+                site,
+                born,
+                name,
+                in_slot: false,
+            },
+        );
     }
 
-    /// Forgets a task: its slot (and the name `set_name` kept for it), else its overflow entry.
-    /// Nothing is counted: a site's terminated count is derived by readers.
+    /// Forgets a task: its slot (and the name `set_name` kept for it), else its overflow entry;
+    /// then counts its end on this thread.
     fn terminated(&self, id: Id) {
-        if let Some(meta) = self.slots.remove(raw_id(id)) {
+        let raw = raw_id(id);
+        if let Some(meta) = self.lanes.remove(self.key, raw) {
             if meta & NAMED != 0 {
                 lock(self.shard(id)).remove(&id);
             }
+            self.count_ended(unpack(meta).0, None);
             return;
         }
         // SeqCst pairs with `overflow`: an entry added before this task's end is counted here.
         if self.overflowed.load(Ordering::SeqCst) == 0 {
             return;
         }
-        let mut shard = lock(self.shard(id));
-        if shard.get(&id).is_some_and(|entry| !entry.in_slot) {
+        let site = {
+            let mut shard = lock(self.shard(id));
+            let Some(site) = shard
+                .get(&id)
+                .filter(|entry| !entry.in_slot)
+                .map(|entry| entry.site)
+            else {
+                return;
+            };
             shard.remove(&id);
             self.overflowed.fetch_sub(1, Ordering::SeqCst);
+            site
+        };
+        self.count_ended(site.index, Some(site));
+    }
+
+    /// Counts an end at site `index` in this thread's lane, else in the site's shared counter.
+    #[inline]
+    fn count_ended(&self, index: u32, site: Option<&'static Site>) {
+        if !count_ended(self.key, &self.lanes, index) {
+            self.count_ended_shared(index, site);
+        }
+    }
+
+    #[cold]
+    fn count_ended_shared(&self, index: u32, site: Option<&'static Site>) {
+        if let Some(site) = site.or_else(|| self.site_at(index)) {
+            site.shared_ended.fetch_add(1, Ordering::Release);
         }
     }
 
@@ -640,7 +697,10 @@ impl Inner {
     /// (`set_name` marked the slot just as the task ended): readers call it on each shard they
     /// lock, so such names last until the next read at most.
     fn sweep(&self, shard: &mut FastMap<Id, Entry>) {
-        shard.retain(|id, entry| !entry.in_slot || self.slots.contains(raw_id(*id)));
+        shard.retain(|id, entry| {
+            let raw = raw_id(*id);
+            !entry.in_slot || self.lanes.contains(self.key, raw)
+        });
     }
 }
 

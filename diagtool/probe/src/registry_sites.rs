@@ -6,8 +6,8 @@
 //! record at first sight. Each thread keeps a private cache from the `&'static Location` to its
 //! `&'static Site`, so the hooks take no shared lock and no reference count to find a site.
 //!
-//! A site's spawns are counted per thread (`registry_counts.rs`); its terminated count is derived
-//! by readers, and [`Site::reported_terminated`] keeps it from ever going back.
+//! A site's ended tasks are counted per thread (`registry_lanes.rs`); its spawned count is
+//! derived by readers, and [`Site::reported_spawned`] keeps it from ever going back.
 
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
@@ -29,11 +29,11 @@ pub(crate) struct Site {
     pub(crate) text: Box<str>,
     /// Position in [`SiteTable::by_index`], packed into the live-task slots.
     pub(crate) index: u32,
-    /// Spawns no thread's own counters took (see `registry_counts.rs`).
-    pub(crate) shared_spawned: AtomicU64,
-    /// The highest terminated count readers reported: a reader's figure may fall short of the
+    /// Ends no thread's lane took (see `registry_lanes.rs`).
+    pub(crate) shared_ended: AtomicU64,
+    /// The highest spawned count readers reported: a reader's figure may fall short of the
     /// truth, never exceed it, and must never go back.
-    reported_terminated: AtomicU64,
+    reported_spawned: AtomicU64,
     /// Distinct names seen here, at most [`MAX_NAMES_PER_SITE`]; touched only by named spawns.
     pub(crate) names: Mutex<Vec<Cow<'static, str>>>,
 }
@@ -59,8 +59,8 @@ impl Site {
         Site {
             text,
             index,
-            shared_spawned: AtomicU64::new(0),
-            reported_terminated: AtomicU64::new(0),
+            shared_ended: AtomicU64::new(0),
+            reported_spawned: AtomicU64::new(0),
             names: Mutex::new(Vec::new()),
         }
     }
@@ -72,15 +72,13 @@ impl Site {
         }
     }
 
-    /// (spawned, terminated) from `spawned` (read first) and the live tasks a scan found after
-    /// it: terminated is at most the truth (tasks spawned after the read may be among the live
-    /// ones), never less than reported before, never more than spawned.
-    pub(crate) fn counts(&self, spawned: u64, live: u64) -> (u64, u64) {
-        let derived = spawned.saturating_sub(live);
-        let before = self
-            .reported_terminated
-            .fetch_max(derived, Ordering::Relaxed);
-        (spawned, derived.max(before).min(spawned))
+    /// (spawned, terminated) from the ended count (read first) and the live tasks a scan found
+    /// after it: spawned is at most the truth (a task between its slot's release and its count
+    /// is in neither), never less than reported before, never less than ended.
+    pub(crate) fn counts(&self, ended: u64, live: u64) -> (u64, u64) {
+        let derived = ended.saturating_add(live);
+        let before = self.reported_spawned.fetch_max(derived, Ordering::Relaxed);
+        (derived.max(before), ended)
     }
 }
 

@@ -1,21 +1,20 @@
-//! The registry's live-task table: a fixed array of lock-free slots indexed by task id.
+//! A live-task table: a fixed array of slots indexed by task id, one per lane (per thread,
+//! `registry_lanes.rs`): only the lane's owner stores tasks in it, any thread frees them.
 //!
 //! tokio hands out task ids from one process-wide counter, so ids are unique for the life of the
 //! process and consecutive spawns get consecutive ids. That makes a direct-mapped table the
 //! cheapest live-task set there is: id `n` belongs to bucket `(n / WAYS) % BUCKETS`, a bucket is
 //! one cache line of [`WAYS`] slots, and a slot is two words, the id and a packed `meta` (the
-//! site's index and the spawn time). A spawn claims a free slot of its bucket with one
-//! compare-and-swap; a terminate frees it with a plain store: no lock, no hashing, no allocation,
-//! and the line a spawn writes is usually the one its neighbours' terminates write next.
+//! site's index and the spawn time). A spawn takes a free slot of its bucket with plain stores;
+//! a terminate frees it with a plain store: no locked instruction, no hashing, no allocation.
 //!
-//! Why a plain store: a task often ends on another worker than the one that spawned it, and a
-//! locked instruction there waits for every miss before it, among them tokio's own on the task's
-//! lines, which the other core just wrote; on a 2-worker runtime that wait cost the registry
-//! about 8% of the CPU of a spawn+join (a plain store: 1-2%). It is safe because only the task's
-//! own terminate ever frees its slot: ids never repeat, so a published slot holding `id` is
-//! written by nobody else until that store, and a spawn claims only a free slot (by a
-//! compare-and-swap, as two spawns may race for one). Naming a task in a slot sets a bit in its
-//! meta ([`Slots::mark_named`]) instead of moving it.
+//! Why plain stores are enough: only the table's owner takes slots, so two spawns never race
+//! for one; and only a task's own terminate frees its slot (ids never repeat, so a published
+//! slot holding `id` is written by nobody else until that store), while the owner takes only a
+//! free slot. A locked instruction waits for every miss before it, among them tokio's own on
+//! the task's lines: on a 2-worker runtime a compare-and-swap at spawn cost about 1% of a
+//! spawn+join, and one at terminate 8% (issue 16). Naming a task sets a bit in its meta
+//! ([`Slots::mark_named`]) instead of moving it.
 //!
 //! A bucket whose ways are all held (by long-lived tasks whose ids share it) makes the spawn
 //! fall back to the registry's locked overflow map; so do named tasks (a name does not fit in a
@@ -37,9 +36,10 @@ pub(crate) const BUCKETS: usize = 2048;
 /// Set in a slot's id word while a spawn writes its meta: readers skip the slot.
 const WRITING: u64 = 1 << 63;
 
-/// Bits of `meta` that hold the spawn time, in ticks of 2^20 ns (about 1.05 ms) of the monotonic
-/// clock: 40 bits reach 36 years of uptime. The site index takes the 23 bits above, and the top
-/// bit is [`NAMED`].
+/// Bits of `meta` that hold the spawn time, in units of 2^20 ticks of the registry's clock
+/// (`registry_clock.rs`, counted from the registry's start: TSC cycles, 2^20 of them 0.2-0.5 ms,
+/// or nanoseconds, about 1.05 ms): 40 bits reach a decade or more. The site index takes the 23
+/// bits above, and the top bit is [`NAMED`].
 const TIME_BITS: u32 = 40;
 const TIME_MASK: u64 = (1 << TIME_BITS) - 1;
 const TICK_SHIFT: u32 = 20;
@@ -49,12 +49,12 @@ pub(crate) const NAMED: u64 = 1 << 63;
 /// Site indexes at or past this do not fit in `meta`: such tasks go to the overflow map.
 pub(crate) const MAX_SITE_INDEX: u32 = 1 << (63 - TIME_BITS);
 
-/// Packs a site index and a spawn time (ns) into a slot's meta word.
-pub(crate) fn pack(site_index: u32, born_ns: u64) -> u64 {
-    (u64::from(site_index) << TIME_BITS) | ((born_ns >> TICK_SHIFT) & TIME_MASK)
+/// Packs a site index and a spawn time (clock ticks) into a slot's meta word.
+pub(crate) fn pack(site_index: u32, born: u64) -> u64 {
+    (u64::from(site_index) << TIME_BITS) | ((born >> TICK_SHIFT) & TIME_MASK)
 }
 
-/// The site index and the spawn time (ns, rounded down to a tick) of a meta word.
+/// The site index and the spawn time (clock ticks, rounded down to 2^20) of a meta word.
 pub(crate) fn unpack(meta: u64) -> (u32, u64) {
     (
         ((meta & !NAMED) >> TIME_BITS) as u32,
@@ -93,19 +93,15 @@ impl Slots {
     }
 
     /// Stores a live task; false when its bucket is full (the caller then uses the overflow map).
+    /// Only the table's owner may call this (see the module's introduction).
     pub(crate) fn insert(&self, raw: NonZeroU64, meta: u64) -> bool {
         let raw = raw.get();
         let bucket = self.bucket(raw);
-        // Start at the id's own way, so neighbours spawned at once rarely race for one slot.
         let first = raw as usize % WAYS;
         for step in 0..WAYS {
             let slot = &bucket.slots[(first + step) % WAYS];
-            if slot.id.load(Ordering::Relaxed) == 0
-                && slot
-                    .id
-                    .compare_exchange(0, raw | WRITING, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-            {
+            if slot.id.load(Ordering::Acquire) == 0 {
+                slot.id.store(raw | WRITING, Ordering::Relaxed);
                 // Orders the claim before the meta store for readers (the sequence-lock fence).
                 fence(Ordering::Release);
                 slot.meta.store(meta, Ordering::Relaxed);
@@ -224,33 +220,51 @@ mod tests {
     }
 
     #[test]
-    fn concurrent_inserts_and_removes_leave_exactly_the_survivors() {
+    fn removes_on_other_threads_free_slots_the_owner_takes_again() {
         let slots = Slots::new();
-        // Ids below the table's size never wrap onto a held way; the four threads write the
-        // same buckets at once (ids 4n+1..4n+4 share one).
-        std::thread::scope(|scope| {
-            for thread in 0..4u64 {
-                let slots = &slots;
+        let (sender, receiver) = std::sync::mpsc::channel::<NonZeroU64>();
+        // One owner stores 3 tables' worth of ids (each way is taken three times); three other
+        // threads free three in four of them as they come, as terminates on other workers do
+        // (the survivors, one per 4 ids of a bucket, hold 3 of its 4 ways in the end).
+        let receiver = std::sync::Mutex::new(receiver);
+        let total = 3 * (WAYS * BUCKETS) as u64;
+        let stored = std::thread::scope(|scope| {
+            for _ in 0..3 {
+                let (slots, receiver) = (&slots, &receiver);
                 scope.spawn(move || {
-                    for n in 0..1_500u64 {
-                        let raw = id(1 + thread + 4 * n);
-                        assert!(slots.insert(raw, pack(thread as u32, n)));
-                        if n % 3 != 0 {
-                            assert!(slots.remove(raw).is_some());
-                        }
+                    loop {
+                        let next = receiver.lock().expect("receiver").recv();
+                        let Ok(raw) = next else { break };
+                        assert!(slots.remove(raw).is_some(), "{raw} was stored");
                     }
                 });
             }
+            let mut stored = 0u64;
+            for n in 1..=total {
+                // Wait, bounded, for the removers when a bucket is still full.
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+                while !slots.insert(id(n), pack(0, n)) {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "bucket of {n} never freed"
+                    );
+                    std::thread::yield_now();
+                }
+                stored += 1;
+                if n % 4 != 0 {
+                    sender.send(id(n)).expect("removers");
+                }
+            }
+            drop(sender);
+            stored
         });
+        assert_eq!(stored, total);
         let mut count = 0;
-        slots.for_each(|raw, _| {
-            assert_eq!(
-                ((raw.get() - 1) / 4) % 3,
-                0,
-                "{raw} should have been removed"
-            );
+        slots.for_each(|raw, meta| {
+            assert_eq!(raw.get() % 4, 0, "{raw} should have been removed");
+            assert_eq!(unpack(meta).1 >> TICK_SHIFT, raw.get() >> TICK_SHIFT);
             count += 1;
         });
-        assert_eq!(count, 4 * 500);
+        assert_eq!(count, total / 4);
     }
 }
