@@ -240,12 +240,17 @@ thread_local! {
 }
 
 /// This thread's lane in the registry `key` (whose lanes are `lanes`), claiming one at first
-/// use; `None` when every lane is owned or the thread's locals are being destroyed.
+/// use; `None` when every lane was owned at that first use (the thread then uses the registry's
+/// shared structures for good, rather than retrying under the claim lock at every hook) or the
+/// thread's locals are being destroyed.
 #[inline]
 pub(crate) fn own_lane(key: u64, lanes: &Lanes) -> Option<(u8, &Lane)> {
     for _ in 0..2 {
         let (owner_key, lane, index) = OWN.try_with(Cell::get).unwrap_or((0, std::ptr::null(), 0));
-        if owner_key == key && !lane.is_null() {
+        if owner_key == key {
+            if lane.is_null() {
+                return None;
+            }
             // SAFETY: `lane` points into an `Arc<Lane>` that `lanes` holds for as long as it
             // lives (lanes are never removed), and it was claimed from the registry `key`,
             // whose lanes `lanes` are (keys are never reused). `CLAIM` holds it too.
@@ -286,6 +291,8 @@ fn claim(key: u64, lanes: &Lanes) -> bool {
             // Give the old lane up first: its `Drop` clears `OWN`.
             drop(claim.take());
             let Some((index, lane)) = lanes.claim() else {
+                // Every lane is owned: remember it (see `own_lane`).
+                let _ = OWN.try_with(|own| own.set((key, std::ptr::null(), 0)));
                 return false;
             };
             let pointer: *const Lane = Arc::as_ptr(&lane);
@@ -391,6 +398,43 @@ mod tests {
         let mut left = 0;
         lanes.for_each_task(|_, _| left += 1);
         assert_eq!(left, 17);
+    }
+
+    #[test]
+    fn a_thread_past_the_last_lane_uses_the_shared_path_without_retrying() {
+        let lanes = Lanes::default();
+        let release = std::sync::Barrier::new(MAX_LANES + 1);
+        std::thread::scope(|scope| {
+            for _ in 0..MAX_LANES {
+                let (lanes, release) = (&lanes, &release);
+                scope.spawn(move || {
+                    assert!(count_ended(4, lanes, 0));
+                    release.wait();
+                });
+            }
+            // Every lane is owned until the barrier: this thread gets none, and keeps none.
+            let owned = || {
+                lanes
+                    .iter()
+                    .filter(|(_, lane)| lane.owned.load(Ordering::Acquire))
+                    .count()
+            };
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while owned() < MAX_LANES {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the lane owners never started"
+                );
+                std::thread::yield_now();
+            }
+            assert!(!count_ended(4, &lanes, 0), "no lane left");
+            assert!(own_lane(4, &lanes).is_none());
+            release.wait();
+        });
+        assert_eq!(lanes.iter().count(), MAX_LANES);
+        assert_eq!(lanes.ended_sums(1)[0], MAX_LANES as u64);
+        // Still none for this thread, though lanes are free now: it stays on the shared path.
+        assert!(own_lane(4, &lanes).is_none());
     }
 
     #[test]

@@ -258,7 +258,19 @@ fn a_dump_while_tasks_spawn_and_end_misses_nothing_and_hangs_on_nothing() {
             })
         };
         let dumper = Dumper::new(registry.clone()).min_interval(Duration::ZERO);
-        for _ in 0..20 {
+        // Dumps run while the churn spawns: wait, bounded, for it to start (on a loaded machine
+        // twenty dumps can end before its first poll), then dump at least twenty times and until
+        // it has spawned more.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while spawned.load(Ordering::Relaxed) == 0 {
+            assert!(Instant::now() < deadline, "the churn task never ran");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let before = spawned.load(Ordering::Relaxed);
+        let mut dumps = 0;
+        while dumps < 20 || spawned.load(Ordering::Relaxed) < before + 10 {
+            assert!(Instant::now() < deadline, "the churn task stopped spawning");
+            dumps += 1;
             let started = Instant::now();
             let dump = dumper
                 .dump(&Handle::current(), Duration::from_secs(5))
@@ -272,7 +284,6 @@ fn a_dump_while_tasks_spawn_and_end_misses_nothing_and_hangs_on_nothing() {
         }
         stop.store(true, Ordering::Relaxed);
         churn.await.expect("churn");
-        assert!(spawned.load(Ordering::Relaxed) > 0);
     });
 }
 
