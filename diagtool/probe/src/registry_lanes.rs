@@ -310,10 +310,7 @@ const _: () = assert!(MAX_LANES <= u8::MAX as usize);
 mod tests {
     use super::*;
     use crate::registry::slots::pack;
-
-    fn id(n: u64) -> NonZeroU64 {
-        NonZeroU64::new(n).expect("non-zero")
-    }
+    use crate::registry::slots::tests::id;
 
     #[test]
     fn each_thread_counts_in_its_own_lane_and_the_sums_add_up() {

@@ -163,10 +163,11 @@ impl Slots {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn id(n: u64) -> NonZeroU64 {
+    /// A raw task id for tests.
+    pub(crate) fn id(n: u64) -> NonZeroU64 {
         NonZeroU64::new(n).expect("non-zero")
     }
 

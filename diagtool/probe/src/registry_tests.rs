@@ -73,14 +73,7 @@ fn spawned_counts_are_derived_from_the_ends_and_the_scan_and_never_go_back() {
     // A task freed before its end is counted (as a reader can find one between the two stores
     // of its terminate) makes the derived count fall short; the count reported before stands.
     let record = registry.inner.site(place);
-    let raw = raw_id(tasks[1]);
-    assert!(
-        registry
-            .inner
-            .lanes
-            .remove(registry.inner.key, raw)
-            .is_some()
-    );
+    free_slot(&registry, tasks[1]);
     assert_eq!((site().spawned, site().terminated), (4, 2), "not 2 + 1 = 3");
     assert!(lanes::count_ended(
         registry.inner.key,
@@ -186,6 +179,19 @@ fn recorded(count: usize) -> (TaskRegistry, &'static Location<'static>, Vec<Id>)
     (registry, place, tasks)
 }
 
+/// Frees a task's slot as its terminate does first, without counting its end.
+fn free_slot(registry: &TaskRegistry, task: Id) {
+    let raw = raw_id(task);
+    assert!(
+        registry
+            .inner
+            .lanes
+            .remove(registry.inner.key, raw)
+            .is_some(),
+        "{task} was in a slot"
+    );
+}
+
 /// Entries in the overflow map: tasks there and names kept for slot tasks.
 fn kept_names(registry: &TaskRegistry) -> usize {
     registry.inner.shards.iter().map(|s| lock(s).len()).sum()
@@ -235,14 +241,7 @@ fn a_name_whose_mark_the_terminate_missed_is_swept_by_the_next_read() {
     // As if `set_name` marked the slot right after the terminate read its meta: the slot is
     // freed, the name stays behind.
     registry.set_name(task, "orphan");
-    let raw = raw_id(task);
-    assert!(
-        registry
-            .inner
-            .lanes
-            .remove(registry.inner.key, raw)
-            .is_some()
-    );
+    free_slot(&registry, task);
     assert_eq!(kept_names(&registry), 1);
     assert!(registry.live_tasks().is_empty(), "never listed as a task");
     assert_eq!(kept_names(&registry), 0, "swept");
